@@ -1,0 +1,33 @@
+"""Small layers shared by the encoder and the decoder."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class MLPBlock(nn.Module):
+    """Linear-activation-linear with SAM's parameter names (``lin1``, ``lin2``).
+
+    The keyword names are those timm passes to its ``mlp_layer`` factory, so the image encoder's
+    blocks use this class too. ``drop`` is dropout after the activation and after ``lin2``.
+    """
+
+    def __init__(
+        self,
+        in_features: int,
+        hidden_features: int,
+        act_layer: type[nn.Module] = nn.GELU,
+        drop: float = 0.0,
+        device=None,
+        dtype=None,
+    ) -> None:
+        super().__init__()
+        self.lin1 = nn.Linear(in_features, hidden_features, device=device, dtype=dtype)
+        self.act = act_layer()
+        self.lin2 = nn.Linear(hidden_features, in_features, device=device, dtype=dtype)
+        self.drop = nn.Dropout(drop)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """... x in_features -> ... x in_features."""
+        return self.drop(self.lin2(self.drop(self.act(self.lin1(x)))))

@@ -1,0 +1,115 @@
+"""SAM's mask decoder: output tokens + prompt tokens + image embedding -> masks and IoU scores.
+
+One IoU token and ``num_multimask_outputs + 1`` mask tokens are prepended to the prompt tokens and
+run through the two-way transformer with the image embedding. The image embedding is upscaled 4x by
+transposed convolutions; each mask token, through its own hypernetwork MLP, gives the weights of a
+dot product with the upscaled embedding: one low-res mask per token. The IoU token, through an MLP,
+predicts each mask's IoU. Token 0 is the single-mask output; tokens 1..3 the ambiguity-aware outputs.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from timm.layers import LayerNorm2d
+from torch import nn
+
+from sam_engine.model.transformer import TwoWayTransformer
+
+
+class MLP(nn.Module):
+    """``num_layers`` linear layers with ReLU between them (SAM's ``layers.{i}`` naming)."""
+
+    def __init__(self, input_dim: int, hidden_dim: int, output_dim: int, num_layers: int) -> None:
+        super().__init__()
+        dims = [input_dim] + [hidden_dim] * (num_layers - 1) + [output_dim]
+        self.layers = nn.ModuleList(nn.Linear(a, b) for a, b in zip(dims[:-1], dims[1:], strict=True))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for layer in self.layers[:-1]:
+            x = F.relu(layer(x))
+        return self.layers[-1](x)
+
+
+class MaskDecoder(nn.Module):
+    """Predicts masks and their IoU from image and prompt embeddings."""
+
+    def __init__(
+        self,
+        transformer_dim: int,
+        transformer: TwoWayTransformer,
+        num_multimask_outputs: int = 3,
+        iou_head_depth: int = 3,
+        iou_head_hidden_dim: int = 256,
+    ) -> None:
+        super().__init__()
+        self.transformer = transformer
+        self.num_mask_tokens = num_multimask_outputs + 1
+        self.iou_token = nn.Embedding(1, transformer_dim)
+        self.mask_tokens = nn.Embedding(self.num_mask_tokens, transformer_dim)
+        self.output_upscaling = nn.Sequential(
+            nn.ConvTranspose2d(transformer_dim, transformer_dim // 4, kernel_size=2, stride=2),
+            LayerNorm2d(transformer_dim // 4),
+            nn.GELU(),
+            nn.ConvTranspose2d(transformer_dim // 4, transformer_dim // 8, kernel_size=2, stride=2),
+            nn.GELU(),
+        )
+        self.output_hypernetworks_mlps = nn.ModuleList(
+            MLP(transformer_dim, transformer_dim, transformer_dim // 8, 3) for _ in range(self.num_mask_tokens)
+        )
+        self.iou_prediction_head = MLP(transformer_dim, iou_head_hidden_dim, self.num_mask_tokens, iou_head_depth)
+
+    def forward(
+        self,
+        image_embeddings: torch.Tensor,
+        image_pe: torch.Tensor,
+        sparse_prompt_embeddings: torch.Tensor,
+        dense_prompt_embeddings: torch.Tensor,
+        multimask_output: bool,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """
+        Arguments:
+            image_embeddings: 1 x C x h x w (shared by every prompt) or B x C x h x w (one per prompt).
+            image_pe: 1 x C x h x w.
+            sparse_prompt_embeddings: B x T x C.
+            dense_prompt_embeddings: B x C x h x w.
+            multimask_output: the three ambiguity-aware masks if True, else the single-mask output.
+        Returns:
+            masks: B x M x 4h x 4w logits, M = 3 or 1.
+            iou_pred: B x M.
+        """
+        masks, iou_pred = self.predict_all_masks(
+            image_embeddings, image_pe, sparse_prompt_embeddings, dense_prompt_embeddings
+        )
+        selected = slice(1, None) if multimask_output else slice(0, 1)
+        return masks[:, selected], iou_pred[:, selected]
+
+    def predict_all_masks(
+        self,
+        image_embeddings: torch.Tensor,
+        image_pe: torch.Tensor,
+        sparse_prompt_embeddings: torch.Tensor,
+        dense_prompt_embeddings: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """All 1 + num_multimask_outputs outputs: B x 4 x 4h x 4w logits and B x 4 IoU predictions."""
+        batch = sparse_prompt_embeddings.shape[0]
+        if image_embeddings.shape[0] not in (1, batch):
+            raise ValueError(
+                f"image_embeddings has batch {image_embeddings.shape[0]}; expected 1 or {batch} (one per prompt)"
+            )
+        output_tokens = torch.cat([self.iou_token.weight, self.mask_tokens.weight], dim=0)
+        tokens = torch.cat([output_tokens.expand(batch, -1, -1), sparse_prompt_embeddings], dim=1)
+
+        src = image_embeddings + dense_prompt_embeddings  # broadcasts a shared embedding over prompts
+        b, c, h, w = src.shape
+        hs, src = self.transformer(src, image_pe, tokens)
+        iou_token_out = hs[:, 0]
+        mask_tokens_out = hs[:, 1 : 1 + self.num_mask_tokens]
+
+        upscaled = self.output_upscaling(src.transpose(1, 2).reshape(b, c, h, w))
+        hyper_in = torch.stack(
+            [mlp(mask_tokens_out[:, i]) for i, mlp in enumerate(self.output_hypernetworks_mlps)], dim=1
+        )  # B x 4 x C/8: one fixed loop over the four output tokens
+        b, c8, h4, w4 = upscaled.shape
+        masks = (hyper_in @ upscaled.view(b, c8, h4 * w4)).view(b, -1, h4, w4)
+        return masks, self.iou_prediction_head(iou_token_out)

@@ -1,0 +1,136 @@
+"""SAM's two-way transformer: prompt tokens and image embedding attend to each other.
+
+Each block runs (1) self-attention of the tokens, (2) cross-attention tokens -> image, (3) an MLP on
+the tokens, (4) cross-attention image -> tokens; a final token -> image attention follows the
+blocks. Attention runs through ``scaled_dot_product_attention`` (fused kernels where available).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from sam_engine.model.common import MLPBlock
+
+
+class Attention(nn.Module):
+    """Multi-head attention whose queries, keys and values may be projected to a smaller width.
+
+    ``downsample_rate`` divides the internal width (SAM uses 2 for the cross-attentions).
+    """
+
+    def __init__(self, embedding_dim: int, num_heads: int, downsample_rate: int = 1) -> None:
+        super().__init__()
+        self.internal_dim = embedding_dim // downsample_rate
+        self.num_heads = num_heads
+        if self.internal_dim % num_heads:
+            raise ValueError(f"num_heads {num_heads} must divide the internal width {self.internal_dim}")
+        self.q_proj = nn.Linear(embedding_dim, self.internal_dim)
+        self.k_proj = nn.Linear(embedding_dim, self.internal_dim)
+        self.v_proj = nn.Linear(embedding_dim, self.internal_dim)
+        self.out_proj = nn.Linear(self.internal_dim, embedding_dim)
+
+    def _split_heads(self, x: torch.Tensor) -> torch.Tensor:
+        """B x N x D -> B x heads x N x D/heads."""
+        b, n, d = x.shape
+        return x.view(b, n, self.num_heads, d // self.num_heads).transpose(1, 2)
+
+    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """q: B x Nq x C, k and v: B x Nk x C -> B x Nq x C."""
+        out = F.scaled_dot_product_attention(
+            self._split_heads(self.q_proj(q)),
+            self._split_heads(self.k_proj(k)),
+            self._split_heads(self.v_proj(v)),
+        )
+        b, _, n, _ = out.shape
+        return self.out_proj(out.transpose(1, 2).reshape(b, n, self.internal_dim))
+
+
+class TwoWayAttentionBlock(nn.Module):
+    """One block of the two-way transformer (see the module docstring).
+
+    ``skip_first_layer_pe``: the first block's self-attention sees the tokens without their
+    positional encoding (the tokens *are* the prompt encodings at that point).
+    """
+
+    def __init__(
+        self,
+        embedding_dim: int,
+        num_heads: int,
+        mlp_dim: int,
+        attention_downsample_rate: int = 2,
+        skip_first_layer_pe: bool = False,
+    ) -> None:
+        super().__init__()
+        self.self_attn = Attention(embedding_dim, num_heads)
+        self.norm1 = nn.LayerNorm(embedding_dim)
+        self.cross_attn_token_to_image = Attention(embedding_dim, num_heads, attention_downsample_rate)
+        self.norm2 = nn.LayerNorm(embedding_dim)
+        self.mlp = MLPBlock(embedding_dim, mlp_dim, act_layer=nn.ReLU)
+        self.norm3 = nn.LayerNorm(embedding_dim)
+        self.norm4 = nn.LayerNorm(embedding_dim)
+        self.cross_attn_image_to_token = Attention(embedding_dim, num_heads, attention_downsample_rate)
+        self.skip_first_layer_pe = skip_first_layer_pe
+
+    def forward(
+        self, queries: torch.Tensor, keys: torch.Tensor, query_pe: torch.Tensor, key_pe: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """queries: B x Nt x C tokens, keys: B x Ni x C image -> updated (queries, keys)."""
+        if self.skip_first_layer_pe:
+            queries = self.self_attn(queries, queries, queries)
+        else:
+            q = queries + query_pe
+            queries = queries + self.self_attn(q, q, queries)
+        queries = self.norm1(queries)
+
+        k = keys + key_pe
+        queries = self.norm2(queries + self.cross_attn_token_to_image(queries + query_pe, k, keys))
+        queries = self.norm3(queries + self.mlp(queries))
+        keys = self.norm4(keys + self.cross_attn_image_to_token(k, queries + query_pe, queries))
+        return queries, keys
+
+
+class TwoWayTransformer(nn.Module):
+    """Stack of TwoWayAttentionBlocks and a final token -> image attention."""
+
+    def __init__(
+        self,
+        depth: int,
+        embedding_dim: int,
+        num_heads: int,
+        mlp_dim: int,
+        attention_downsample_rate: int = 2,
+    ) -> None:
+        super().__init__()
+        self.layers = nn.ModuleList(
+            TwoWayAttentionBlock(
+                embedding_dim,
+                num_heads,
+                mlp_dim,
+                attention_downsample_rate,
+                skip_first_layer_pe=(i == 0),
+            )
+            for i in range(depth)
+        )
+        self.final_attn_token_to_image = Attention(embedding_dim, num_heads, attention_downsample_rate)
+        self.norm_final_attn = nn.LayerNorm(embedding_dim)
+
+    def forward(
+        self, image_embedding: torch.Tensor, image_pe: torch.Tensor, point_embedding: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """
+        Arguments:
+            image_embedding: B x C x h x w.
+            image_pe: B x C x h x w (or 1 x C x h x w), its positional encoding.
+            point_embedding: B x Nt x C, the output and prompt tokens.
+        Returns:
+            tokens: B x Nt x C; image: B x h*w x C.
+        """
+        keys = image_embedding.flatten(2).transpose(1, 2)
+        key_pe = image_pe.flatten(2).transpose(1, 2)
+        queries = point_embedding
+        for layer in self.layers:
+            queries, keys = layer(queries, keys, query_pe=point_embedding, key_pe=key_pe)
+        attn_out = self.final_attn_token_to_image(queries + point_embedding, keys + key_pe, keys)
+        return self.norm_final_attn(queries + attn_out), keys
