@@ -1,0 +1,111 @@
+"""Building variants, strict checkpoint loading with clear errors, and export."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from model_helpers import randomize
+
+from sam_engine.model import CheckpointError, SamConfig, build_sam, export_sam, load_export, load_variant
+from sam_engine.model.official import build_official_sam
+
+
+@pytest.mark.parametrize("variant", ["tiny", "vit_b", "vit_l", "vit_h"])
+def test_state_dict_keys_and_shapes_equal_official(variant):
+    ours = {k: tuple(v.shape) for k, v in build_sam(variant).state_dict().items()}
+    official = {k: tuple(v.shape) for k, v in build_official_sam(variant).state_dict().items()}
+    assert ours == official
+
+
+def test_variant_sizes():
+    params = {v: sum(p.numel() for p in build_sam(v).parameters()) for v in ("tiny", "vit_b")}
+    assert 2e6 < params["tiny"] < 8e6  # a few million: the CPU default
+    assert 90e6 < params["vit_b"] < 95e6  # SAM ViT-B: 93.7M
+    tiny = load_variant("tiny")
+    assert (tiny.img_size, tiny.embedding_size, tiny.low_res_size) == (256, 16, 64)
+
+
+def test_forward_shapes_tiny():
+    model = build_sam("tiny")
+    embeddings = model.encode_images(model.preprocess(torch.rand(2, 3, 256, 192) * 255))
+    assert embeddings.shape == (2, 128, 16, 16)
+    points = (torch.rand(5, 2, 2) * 256, torch.ones(5, 2, dtype=torch.int))
+    logits, iou = model.predict_masks(embeddings[:1], points=points, multimask_output=True)
+    assert logits.shape == (5, 3, 64, 64) and iou.shape == (5, 3)
+    # One embedding per prompt works too (training decodes many images' masks at once).
+    logits, iou = model.predict_masks(embeddings[[0, 1, 1, 0, 1]], points=points, multimask_output=False)
+    assert logits.shape == (5, 1, 64, 64)
+
+
+def test_unknown_variant_lists_choices():
+    with pytest.raises(ValueError, match=r"unknown model variant 'vit_x'.*tiny.*vit_b.*vit_h.*vit_l"):
+        build_sam("vit_x")
+
+
+def test_config_rejects_unknown_keys_and_bad_shapes():
+    with pytest.raises(ValueError, match=r"unknown key\(s\) \['embed_dims'\]"):
+        build_sam({"embed_dims": 768})
+    with pytest.raises(ValueError, match="not a multiple of patch_size"):
+        SamConfig(img_size=1000)
+
+
+def test_checkpoint_round_trip_is_strict_and_exact(tmp_path):
+    model = randomize(build_sam("tiny"), seed=1)
+    export_sam(model, tmp_path)
+    rebuilt = load_export(tmp_path)
+    assert rebuilt.config == model.config
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, rebuilt.state_dict()[key]), key
+    config = json.loads((tmp_path / "sam_config.json").read_text())
+    for key in ("img_size", "patch_size", "embed_dim", "depth", "num_heads", "global_attn_indexes",
+                "window_size", "prompt_embed_dim", "mask_threshold"):
+        assert config[key] == getattr(model.config, key) or config[key] == list(getattr(model.config, key))
+    # The export is a bare state dict: exactly the model's keys, no wrapper.
+    assert set(torch.load(tmp_path / "sam.pth", weights_only=True)) == set(model.state_dict())
+    assert not list(tmp_path.glob(".*tmp*")), "no temporary file left behind"
+
+
+def test_checkpoint_with_missing_and_extra_keys_is_named(tmp_path):
+    state = build_sam("tiny").state_dict()
+    state.pop("mask_decoder.iou_token.weight")
+    state["mask_decoder.surprise"] = torch.zeros(1)
+    torch.save(state, tmp_path / "bad.pth")
+    with pytest.raises(CheckpointError) as error:
+        build_sam("tiny", checkpoint=tmp_path / "bad.pth")
+    message = str(error.value)
+    assert "bad.pth" in message
+    assert "missing keys: mask_decoder.iou_token.weight" in message
+    assert "unexpected keys: mask_decoder.surprise" in message
+
+
+def test_checkpoint_of_another_variant_is_recognised(tmp_path):
+    torch.save(build_sam("tiny").state_dict(), tmp_path / "tiny.pth")
+    with pytest.raises(CheckpointError) as error:
+        build_sam("vit_b", checkpoint=tmp_path / "tiny.pth")
+    message = str(error.value)
+    assert "does not fit model 'vit_b'" in message
+    assert "embed_dim 192, depth 6 (variant tiny)" in message
+    assert "missing keys: image_encoder.blocks.10." in message
+    assert "image_encoder.patch_embed.proj.weight: checkpoint (192, 3, 16, 16) vs model (768, 3, 16, 16)" in message
+
+
+def test_unreadable_and_wrapped_checkpoints(tmp_path):
+    (tmp_path / "junk.pth").write_bytes(b"not a checkpoint")
+    with pytest.raises(CheckpointError, match="junk.pth: not a readable PyTorch checkpoint"):
+        build_sam("tiny", checkpoint=tmp_path / "junk.pth")
+    torch.save({"state_dict": build_sam("tiny").state_dict(), "epoch": 3}, tmp_path / "wrapped.pth")
+    with pytest.raises(CheckpointError, match="expected a bare state dict"):
+        build_sam("tiny", checkpoint=tmp_path / "wrapped.pth")
+    with pytest.raises(FileNotFoundError, match="nowhere.pth"):
+        build_sam("tiny", checkpoint=tmp_path / "nowhere.pth")
+
+
+def test_official_checkpoint_loads_strictly(tmp_path):
+    """A checkpoint saved by the official code (as Meta's release) loads into ours with strict=True."""
+    official = randomize(build_official_sam("tiny"), seed=2)
+    torch.save(official.state_dict(), tmp_path / "official.pth")
+    ours = build_sam("tiny", checkpoint=tmp_path / "official.pth")
+    for key, value in official.state_dict().items():
+        assert torch.equal(value, ours.state_dict()[key]), key
