@@ -109,3 +109,57 @@ def test_official_checkpoint_loads_strictly(tmp_path):
     ours = build_sam("tiny", checkpoint=tmp_path / "official.pth")
     for key, value in official.state_dict().items():
         assert torch.equal(value, ours.state_dict()[key]), key
+
+
+def timm_encoder(img_size: int):
+    """timm's own SAM ViT (its Mlp names fc1/fc2) with the tiny variant's shape and random weights."""
+    from functools import partial
+
+    from timm.models.vision_transformer_sam import VisionTransformerSAM
+
+    torch.manual_seed(3)
+    encoder = VisionTransformerSAM(
+        img_size=img_size, embed_dim=192, depth=6, num_heads=3, window_size=8, global_attn_indexes=(2, 5),
+        use_rel_pos=True, neck_chans=128, num_classes=0, global_pool="",
+        norm_layer=partial(torch.nn.LayerNorm, eps=1e-6),
+    )
+    with torch.no_grad():
+        for param in encoder.parameters():
+            param.normal_(0, 0.05)
+    return encoder
+
+
+def test_timm_encoder_weights_load_exactly(tmp_path):
+    from safetensors.torch import save_file
+
+    from sam_engine.model.build import load_timm_encoder
+
+    encoder = timm_encoder(256)
+    assert any(".mlp.fc1." in key for key in encoder.state_dict())
+    save_file({k: v.contiguous() for k, v in encoder.state_dict().items()}, tmp_path / "model.safetensors")
+    model = build_sam("tiny")
+    load_timm_encoder(model, tmp_path / "model.safetensors")
+    image = torch.randn(1, 3, 256, 256)
+    with torch.no_grad():
+        torch.testing.assert_close(model.image_encoder(image), encoder.forward_features(image))
+
+
+def test_timm_encoder_weights_of_another_size_are_resampled(tmp_path):
+    from sam_engine.model.build import load_timm_encoder
+
+    encoder = timm_encoder(512)  # 32x32 grid, global rel-pos tables of 63
+    torch.save(encoder.state_dict(), tmp_path / "encoder.pth")
+    model = build_sam("tiny")  # 16x16 grid
+    load_timm_encoder(model, tmp_path / "encoder.pth")
+    assert model.image_encoder.pos_embed.shape == (1, 16, 16, 192)
+    assert model.image_encoder.blocks[2].attn.rel_pos_h.shape == (31, 64)
+    assert torch.equal(model.image_encoder.blocks[0].mlp.lin1.weight, encoder.blocks[0].mlp.fc1.weight)
+
+
+def test_timm_encoder_weights_of_another_width_are_refused(tmp_path):
+    from sam_engine.model.build import load_timm_encoder
+
+    torch.save(build_sam("vit_b").state_dict(), tmp_path / "vit_b.pth")  # an official-format checkpoint
+    expected = r"(?s)encoder weights do not fit model 'tiny'.*unexpected keys: blocks.10.*shape mismatches"
+    with pytest.raises(CheckpointError, match=expected):
+        load_timm_encoder(build_sam("tiny"), tmp_path / "vit_b.pth")

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 
 from sam_engine.model.config import SamConfig, load_variant, resolve_config, variant_names
 from sam_engine.model.sam import Sam
@@ -60,12 +61,17 @@ def load_export(export_dir: str | Path) -> Sam:
 
 
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
-    """Read a bare state dict from ``path``, with errors that name the file."""
+    """Read a bare state dict (``.pth`` or ``.safetensors``) from ``path``, with errors that name the file."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            state = load_file(path)
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises several types for corrupt or foreign files
         raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({type(e).__name__}: {e})") from e
     if not isinstance(state, Mapping) or not all(isinstance(v, torch.Tensor) for v in state.values()):
@@ -77,10 +83,8 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     return dict(state)
 
 
-def load_checkpoint(model: Sam, path: str | Path) -> None:
-    """Load ``path`` into ``model`` strictly, explaining any mismatch (keys, shapes, variant)."""
-    state = read_state_dict(path)
-    expected = model.state_dict()
+def _mismatches(expected: Mapping[str, torch.Tensor], state: Mapping[str, torch.Tensor]) -> list[str]:
+    """Lines naming the missing keys, unexpected keys and shape mismatches (at most 5 of each)."""
     missing = sorted(set(expected) - set(state))
     extra = sorted(set(state) - set(expected))
     wrong_shape = [
@@ -88,17 +92,52 @@ def load_checkpoint(model: Sam, path: str | Path) -> None:
         for k, v in expected.items()
         if k in state and state[k].shape != v.shape
     ]
-    if missing or extra or wrong_shape:
-        lines = [f"{path} does not fit model '{model.config.name}'."]
-        guess = _guess_variant(state)
-        if guess:
-            lines.append(guess)
-        for title, items in (("missing keys", missing), ("unexpected keys", extra), ("shape mismatches", wrong_shape)):
-            if items:
-                shown = ", ".join(items[:5]) + (f", ... ({len(items)} in all)" if len(items) > 5 else "")
-                lines.append(f"{title}: {shown}")
-        raise CheckpointError("\n".join(lines))
+    lines = []
+    for title, items in (("missing keys", missing), ("unexpected keys", extra), ("shape mismatches", wrong_shape)):
+        if items:
+            shown = ", ".join(items[:5]) + (f", ... ({len(items)} in all)" if len(items) > 5 else "")
+            lines.append(f"{title}: {shown}")
+    return lines
+
+
+def load_checkpoint(model: Sam, path: str | Path) -> None:
+    """Load ``path`` into ``model`` strictly, explaining any mismatch (keys, shapes, variant)."""
+    state = read_state_dict(path)
+    problems = _mismatches(model.state_dict(), state)
+    if problems:
+        raise CheckpointError("\n".join([f"{path} does not fit model '{model.config.name}'.", _guess_variant(state),
+                                          *problems]))
     model.load_state_dict(state, strict=True)
+
+
+def load_timm_encoder(model: Sam, path: str | Path) -> None:
+    """Load image-encoder weights in timm's format into ``model.image_encoder`` (strictly).
+
+    Takes timm's ``samvit_*`` weights (``model.safetensors`` of ``samvit_base_patch16.sa1b`` and the
+    like) or an official SAM checkpoint, whose ``image_encoder.*`` keys are used (timm's own filter
+    maps them). Position embeddings and relative positions of another grid size are resampled, so
+    1024-px weights start a model of another input size.
+    """
+    from timm.layers import resample_abs_pos_embed_nhwc
+    from timm.models.vision_transformer_sam import checkpoint_filter_fn
+
+    state = checkpoint_filter_fn(read_state_dict(path), None)
+    encoder = model.image_encoder
+    expected = encoder.state_dict()
+    state = {k.replace("mlp.fc", "mlp.lin"): v for k, v in state.items() if not k.startswith("head.")}
+    for key, value in state.items():
+        target = expected.get(key)
+        if target is None or value.shape == target.shape:
+            continue
+        if key == "pos_embed":
+            state[key] = resample_abs_pos_embed_nhwc(value, new_size=target.shape[1:3])
+        elif "rel_pos" in key and value.shape[1] == target.shape[1]:
+            state[key] = F.interpolate(value.T[None], size=target.shape[0], mode="linear")[0].T
+    problems = _mismatches(expected, state)
+    if problems:
+        raise CheckpointError("\n".join([f"{path}: encoder weights do not fit model '{model.config.name}'.",
+                                          *problems]))
+    encoder.load_state_dict(state, strict=True)
 
 
 def _guess_variant(state: Mapping[str, torch.Tensor]) -> str:
