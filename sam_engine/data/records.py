@@ -1,0 +1,351 @@
+"""The SA-1B record: one JSON document per image, exactly as Meta released SA-1B, plus provenance.
+
+A record is::
+
+    {"image": {"image_id": 1, "width": W, "height": H, "file_name": "sa_1.jpg"},
+     "annotations": [{"id": 0,
+                      "segmentation": {"size": [H, W], "counts": "<COCO compressed RLE>"},
+                      "bbox": [x, y, w, h], "area": 123,
+                      "predicted_iou": 0.93, "stability_score": 0.97,
+                      "crop_box": [x, y, w, h], "point_coords": [[x, y]],
+                      # optional provenance (ours; SA-1B tools ignore unknown keys):
+                      "source": "auto", "stage": 3, "clicks": 0, "seconds": 0.0, "model": "stage2/sam.pth"}]}
+
+``bbox`` and ``area`` are what ``pycocotools.mask.toBbox`` / ``area`` compute from the RLE, so any
+COCO tool agrees with them. Masks are encoded and decoded in bulk (one pycocotools call for all N).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+from pycocotools import mask as mask_utils
+
+SOURCES = ("seed", "manual", "auto")
+"""Where a mask came from: imported ground truth, a (simulated) annotator, or the model alone."""
+
+PROVENANCE_KEYS = ("source", "stage", "clicks", "seconds", "model")
+
+
+class RecordError(ValueError):
+    """A malformed record; the message names the image and the field path."""
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Masks <-> COCO RLE
+# ---------------------------------------------------------------------------------------------------------
+
+
+def _encode_rles(masks: np.ndarray) -> list[dict]:
+    """(N, H, W) masks -> pycocotools RLE dicts (``counts`` as bytes), one pycocotools call."""
+    masks = np.asarray(masks)
+    if masks.ndim != 3:
+        raise ValueError(f"masks must be (N, H, W), got shape {masks.shape}")
+    if len(masks) == 0:
+        return []
+    return mask_utils.encode(np.asfortranarray(masks.transpose(1, 2, 0), dtype=np.uint8))
+
+
+def _as_str_counts(rles: list[dict]) -> list[dict]:
+    return [{"size": [int(s) for s in r["size"]], "counts": r["counts"].decode("ascii")} for r in rles]
+
+
+def encode_masks(masks: np.ndarray) -> list[dict]:
+    """Encode masks as COCO compressed RLE.
+
+    Arguments:
+        masks: N x H x W, bool (or 0/1 integers).
+    Returns:
+        N dicts ``{"size": [H, W], "counts": str}`` (``counts`` is the ASCII RLE string, JSON-ready).
+    """
+    return _as_str_counts(_encode_rles(masks))
+
+
+def decode_masks(segmentations: list[Mapping], size: tuple[int, int] | None = None) -> np.ndarray:
+    """Decode COCO RLEs (``counts`` str or bytes) in one pycocotools call.
+
+    Arguments:
+        segmentations: N RLE dicts, all of the same ``size``.
+        size: (H, W); required only to give an empty list a shape, checked against the RLEs otherwise.
+    Returns:
+        np.ndarray: N x H x W bool. It is a view of pycocotools' column-major buffer (each mask is
+        stored W-major); use ``np.ascontiguousarray`` if C order matters.
+    """
+    sizes = {tuple(s["size"]) for s in segmentations}
+    if size is not None:
+        sizes.add(tuple(size))
+    if len(sizes) > 1:
+        raise ValueError(f"RLEs of different sizes cannot be decoded together: {sorted(sizes)}")
+    if not segmentations:
+        if size is None:
+            raise ValueError("decode_masks needs size= to decode an empty list")
+        return np.zeros((0, *size), dtype=bool)
+    decoded = mask_utils.decode(list(segmentations))  # H x W x N uint8, Fortran order
+    return decoded.transpose(2, 0, 1).view(bool)
+
+
+def mask_areas(segmentations: list[Mapping]) -> np.ndarray:
+    """Foreground pixels of each RLE, counted on the RLE itself (no decoding). Returns: N int."""
+    if not segmentations:
+        return np.zeros(0, dtype=np.int64)
+    return mask_utils.area(list(segmentations)).astype(np.int64)
+
+
+def _median_points(masks: np.ndarray) -> np.ndarray:
+    """A pixel inside each mask: its median foreground pixel in raster (row-major) order.
+
+    The point always lies on the mask and sits near the middle of compact shapes. Vectorised over
+    masks with O(N (H + W)) extra memory. Empty masks get (0, 0).
+
+    Arguments:
+        masks: N x H x W bool.
+    Returns:
+        np.ndarray: N x 2 int64, (x, y) pixel indices.
+    """
+    n = len(masks)
+    row_counts = masks.sum(axis=2)  # N x H
+    target = row_counts.sum(axis=1) // 2  # index of the median pixel among the foreground
+    below = np.cumsum(row_counts, axis=1)
+    y = np.argmax(below > target[:, None], axis=1)
+    before_row = np.take_along_axis(below, y[:, None], axis=1)[:, 0] - row_counts[np.arange(n), y]
+    row = masks[np.arange(n), y]  # N x W
+    x = np.argmax(np.cumsum(row, axis=1) > (target - before_row)[:, None], axis=1)
+    return np.stack([x, y], axis=1)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Building records
+# ---------------------------------------------------------------------------------------------------------
+
+
+def _per_mask(values, n: int, width: int, default, name: str) -> np.ndarray:
+    """``values`` (or ``default``) as an n x width float array; a single row is repeated."""
+    array = np.asarray(default if values is None else values, dtype=np.float64).reshape(-1, width)
+    if len(array) == 1:
+        array = np.repeat(array, n, axis=0)
+    if len(array) != n:
+        raise ValueError(f"{name} has {len(array)} rows for {n} masks")
+    return array
+
+
+def _provenance_rows(provenance: Mapping | None, n: int) -> list[dict]:
+    """One provenance dict per mask; a list/array value of length n is spread over the masks."""
+    provenance = dict(provenance or {})
+    unknown = set(provenance) - set(PROVENANCE_KEYS)
+    if unknown:
+        raise ValueError(f"unknown provenance keys {sorted(unknown)}; expected a subset of {PROVENANCE_KEYS}")
+    if "source" in provenance and provenance["source"] not in SOURCES:
+        raise ValueError(f"provenance source {provenance['source']!r} is not one of {SOURCES}")
+    columns = {}
+    for key, value in provenance.items():
+        if isinstance(value, (list, tuple, np.ndarray)):
+            if len(value) != n:
+                raise ValueError(f"provenance {key} has {len(value)} values for {n} masks")
+            columns[key] = np.asarray(value).tolist()
+        else:
+            columns[key] = [value.item() if isinstance(value, np.generic) else value] * n
+    return [{key: column[i] for key, column in columns.items()} for i in range(n)]
+
+
+def make_annotations(
+    masks: np.ndarray,
+    *,
+    start_id: int = 0,
+    predicted_iou=None,
+    stability_score=None,
+    point_coords=None,
+    crop_box=None,
+    provenance: Mapping | None = None,
+) -> list[dict]:
+    """Build SA-1B annotation dicts for N masks of one image.
+
+    ``segmentation``, ``bbox`` and ``area`` come from pycocotools (one bulk call each). The other SA-1B
+    fields default to what a human (seed or manual) mask means: ``predicted_iou`` = 1.0,
+    ``stability_score`` = 1.0, ``crop_box`` = the whole image, and ``point_coords`` = one pixel on
+    the mask (its median foreground pixel in raster order).
+
+    Arguments:
+        masks: N x H x W bool.
+        start_id: id of the first annotation; the others follow consecutively.
+        predicted_iou, stability_score: N floats (or one, for all).
+        point_coords: N x 2 (x, y) pixel coordinates, stored as ``[[x, y]]`` as in SA-1B.
+        crop_box: 4 or N x 4, XYWH.
+        provenance: subset of ``source`` (seed|manual|auto), ``stage`` (int), ``clicks`` (int),
+            ``seconds`` (float), ``model`` (str); a scalar applies to every mask, a length-N list
+            gives one value per mask.
+    Returns:
+        N annotation dicts holding only JSON types.
+    """
+    masks = np.asarray(masks, dtype=bool)
+    rles = _encode_rles(masks)
+    n = len(rles)
+    if n == 0:
+        return []
+    height, width = masks.shape[1:]
+    areas = mask_utils.area(rles).tolist()
+    boxes = mask_utils.toBbox(rles).tolist()
+    ious = _per_mask(predicted_iou, n, 1, 1.0, "predicted_iou")[:, 0].tolist()
+    stabilities = _per_mask(stability_score, n, 1, 1.0, "stability_score")[:, 0].tolist()
+    points = point_coords if point_coords is not None else _median_points(masks)
+    points = _per_mask(points, n, 2, None, "point_coords").tolist()
+    crops = _per_mask(crop_box, n, 4, [0, 0, width, height], "crop_box").tolist()
+    extras = _provenance_rows(provenance, n)
+    return [
+        {
+            "id": start_id + i,
+            "segmentation": rle,
+            "bbox": boxes[i],
+            "area": int(areas[i]),
+            "predicted_iou": ious[i],
+            "stability_score": stabilities[i],
+            "crop_box": crops[i],
+            "point_coords": [points[i]],
+            **extras[i],
+        }
+        for i, rle in enumerate(_as_str_counts(rles))
+    ]
+
+
+def make_record(
+    image_id: str | int, width: int, height: int, file_name: str, annotations: list[dict]
+) -> dict:
+    """The SA-1B record of one image."""
+    return {
+        "image": {"image_id": image_id, "width": width, "height": height, "file_name": file_name},
+        "annotations": annotations,
+    }
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Validation
+# ---------------------------------------------------------------------------------------------------------
+
+
+def _type_name(value: Any) -> str:
+    return type(value).__name__
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _is_numbers(value: Any, length: int) -> bool:
+    return isinstance(value, list) and len(value) == length and all(_is_number(v) for v in value)
+
+
+class _Checker:
+    """Raises RecordError messages of the form ``<where>: image '<id>' <field>: <problem>``."""
+
+    def __init__(self, where: str):
+        self.where = where
+        self.image = "?"
+
+    def fail(self, field: str, problem: str):
+        prefix = f"{self.where}: " if self.where else ""
+        raise RecordError(f"{prefix}image {self.image!r} {field}: {problem}")
+
+    def require(self, mapping: Mapping, key: str, field: str, check, expected: str):
+        if key not in mapping:
+            self.fail(f"{field}{key}", "missing")
+        value = mapping[key]
+        if not check(value):
+            self.fail(f"{field}{key}", f"expected {expected}, got {value!r:.80}")
+        return value
+
+
+def _check_image(checker: _Checker, image: Any) -> tuple[int, int]:
+    if not isinstance(image, dict):
+        checker.fail("image", f"expected an object, got {_type_name(image)}")
+    checker.image = image.get("image_id", "?")
+    checker.require(image, "image_id", "image.", lambda v: _is_int(v) or isinstance(v, str), "an int or str")
+    width = checker.require(image, "width", "image.", lambda v: _is_int(v) and v > 0, "a positive int")
+    height = checker.require(image, "height", "image.", lambda v: _is_int(v) and v > 0, "a positive int")
+    checker.require(image, "file_name", "image.", lambda v: isinstance(v, str), "a str")
+    return height, width
+
+
+def _check_segmentation(checker: _Checker, segmentation: Any, field: str, size: list[int]) -> None:
+    if not isinstance(segmentation, dict):
+        checker.fail(field, f"expected an RLE object, got {_type_name(segmentation)}")
+    rle_size = checker.require(
+        segmentation, "size", field + ".", lambda v: isinstance(v, list) and len(v) == 2, "[h, w]"
+    )
+    if rle_size != size:
+        checker.fail(f"{field}.size", f"{rle_size} differs from the image's {size}")
+    checker.require(segmentation, "counts", field + ".", lambda v: isinstance(v, str) and v, "an RLE string")
+
+
+_ANNOTATION_FIELDS = (
+    ("bbox", lambda v: _is_numbers(v, 4) and v[2] >= 0 and v[3] >= 0, "[x, y, w, h] with w, h >= 0"),
+    ("area", lambda v: _is_int(v) and v >= 0, "an int >= 0"),
+    ("predicted_iou", _is_number, "a number"),
+    ("stability_score", _is_number, "a number"),
+    ("crop_box", lambda v: _is_numbers(v, 4), "[x, y, w, h]"),
+    ("point_coords", lambda v: isinstance(v, list) and all(_is_numbers(p, 2) for p in v), "[[x, y], ...]"),
+)
+
+_PROVENANCE_FIELDS = {
+    "source": (lambda v: v in SOURCES, f"one of {SOURCES}"),
+    "stage": (lambda v: _is_int(v) and v >= 0, "an int >= 0"),
+    "clicks": (lambda v: _is_int(v) and v >= 0, "an int >= 0"),
+    "seconds": (lambda v: _is_number(v) and v >= 0, "a number >= 0"),
+    "model": (lambda v: isinstance(v, str), "a str"),
+}
+
+
+def _check_annotation(checker: _Checker, annotation: Any, field: str, size: list[int]) -> Any:
+    if not isinstance(annotation, dict):
+        checker.fail(field, f"expected an object, got {_type_name(annotation)}")
+    prefix = field + "."
+    ann_id = checker.require(
+        annotation, "id", prefix, lambda v: _is_int(v) or isinstance(v, str), "an int/str"
+    )
+    if "segmentation" not in annotation:
+        checker.fail(prefix + "segmentation", "missing")
+    _check_segmentation(checker, annotation["segmentation"], prefix + "segmentation", size)
+    for key, check, expected in _ANNOTATION_FIELDS:
+        checker.require(annotation, key, prefix, check, expected)
+    for key in PROVENANCE_KEYS:
+        if key in annotation:
+            check, expected = _PROVENANCE_FIELDS[key]
+            checker.require(annotation, key, prefix, check, expected)
+    return ann_id
+
+
+def validate_record(record: Any, where: str = "") -> dict:
+    """Check a record against the SA-1B schema (plus our optional provenance fields).
+
+    Checks types, required keys, that every RLE has the image's size, bbox/crop_box have 4 numbers,
+    areas are ints >= 0, annotation ids are unique and provenance values are well-formed. It does not
+    decode masks, so it is cheap enough for every sample a loader reads.
+
+    Arguments:
+        record: the parsed JSON.
+        where: where the record came from (e.g. ``shard-000003.tar:sa_1``), prefixed to messages.
+    Returns:
+        The record, unchanged.
+    Raises:
+        RecordError: naming the image and the field, e.g. ``image 'sa_1' annotations[3].segmentation.size:
+            [10, 12] differs from the image's [12, 10]``.
+    """
+    checker = _Checker(where)
+    if not isinstance(record, dict):
+        checker.fail("record", f"expected an object, got {_type_name(record)}")
+    if "image" not in record:
+        checker.fail("image", "missing")
+    height, width = _check_image(checker, record["image"])
+    annotations = checker.require(record, "annotations", "", lambda v: isinstance(v, list), "a list")
+    seen_ids = set()
+    for i, annotation in enumerate(annotations):
+        ann_id = _check_annotation(checker, annotation, f"annotations[{i}]", [height, width])
+        if ann_id in seen_ids:
+            checker.fail(f"annotations[{i}].id", f"duplicate id {ann_id!r}")
+        seen_ids.add(ann_id)
+    return record
