@@ -4,6 +4,7 @@ import io
 import json
 import logging
 import math
+import re
 import subprocess
 import sys
 import textwrap
@@ -202,6 +203,10 @@ def _bad_shard(path: Path) -> tuple[list[str], list[str]]:
     resized = json.loads(json.dumps(record))
     resized["annotations"][1]["segmentation"]["size"] = [12, 10]
     add("rlesize", False, ("rlesize.png", data), ("rlesize.json", _json(resized)))
+    overflowing = json.loads(json.dumps(record))  # right size, but runs covering twice the pixels
+    counts = overflowing["annotations"][0]["segmentation"]["counts"]
+    overflowing["annotations"][0]["segmentation"]["counts"] = counts + counts
+    add("overflow", False, ("overflow.png", data), ("overflow.json", _json(overflowing)))
     add("nojson", False, ("nojson.png", data))
     add("noimage", False, ("noimage.json", _json(record)))
     add(
@@ -268,6 +273,7 @@ def test_field_level_messages(tmp_path, caplog):
     assert "bad.tar:tiny: image: 1x1 is smaller than min_image_side=8" in text
     assert "bad.tar:wrongsize: image.height/width: the record says 24x32 but the image is 20x20" in text
     assert "bad.tar:twice: __key__: duplicate key in the shard" in text
+    assert re.search(r"bad.tar:overflow: annotations\[\]\.segmentation: RLE runs cover \d+ pixels, not 24x32", text)
 
 
 def test_an_endless_stream_of_empty_shards_stops_instead_of_hanging(tmp_path):
@@ -412,7 +418,8 @@ def fake_synthetic(monkeypatch):
 
     def ensure_synthetic_dataset(out_dir, *, num_images, seed, image_size, shard_size=4):
         calls.append((Path(out_dir).name, num_images, seed, image_size))
-        write_shard_set(Path(out_dir), [shard_size] * (num_images // shard_size))
+        if not (Path(out_dir) / "manifest.json").exists():  # idempotent, as the real one
+            write_shard_set(Path(out_dir), [shard_size] * (num_images // shard_size))
         return Path(out_dir)
 
     module = types.ModuleType("sam_engine.data.synthetic")
@@ -436,8 +443,8 @@ def test_datamodule_generates_missing_synthetic_data_and_serves_both_splits(tmp_
         synthetic=synthetic,
     )
     datamodule.prepare_data()
-    datamodule.prepare_data()  # present now: not generated again
-    assert fake_synthetic == [("train", 8, 0, 32), ("val", 4, 1, 32)]
+    datamodule.prepare_data()  # asked again on every start: the generator completes or skips
+    assert fake_synthetic == [("train", 8, 0, 32), ("val", 4, 1, 32)] * 2
     datamodule.setup("fit")
     train, val = datamodule.train_dataloader(), datamodule.val_dataloader()
     assert len(train) == 2 and len(val) == 2

@@ -8,7 +8,6 @@ from pathlib import Path
 from lightning.pytorch import LightningDataModule
 
 from sam_engine.data.loader import Batch, ShardDataset, make_dataset, make_loader
-from sam_engine.data.shards import MANIFEST
 
 Source = str | Path | Sequence[str | Path]
 
@@ -84,12 +83,13 @@ class SamDataModule(LightningDataModule):
         self.val_set: ShardDataset | None = None
 
     def prepare_data(self) -> None:
-        """Generate the synthetic datasets whose directory has no manifest yet."""
-        for spec in self.synthetic:
-            if not (Path(spec["out_dir"]) / MANIFEST).exists():
-                # imported here, so that reading shards never depends on the synthetic generator
-                from sam_engine.data.synthetic import ensure_synthetic_dataset
+        """Generate the synthetic datasets, or complete one a killed run left half-written (a no-op when
+        they are complete)."""
+        if self.synthetic:
+            # imported here, so that reading shards never depends on the synthetic generator
+            from sam_engine.data.synthetic import ensure_synthetic_dataset
 
+            for spec in self.synthetic:
                 ensure_synthetic_dataset(**spec)
 
     def _rank(self) -> dict:

@@ -50,7 +50,7 @@ from webdataset.gopen import gopen
 from webdataset.tariterators import base_plus_ext, tar_file_iterator
 
 from sam_engine.data.images import ImageDecodeError, open_image
-from sam_engine.data.records import RecordError, decode_masks, mask_areas, validate_record
+from sam_engine.data.records import RecordError, decode_masks, mask_areas, rle_problem, validate_record
 from sam_engine.data.shards import list_shards, shard_sample_counts
 from sam_engine.transforms import PIXEL_MEAN, PIXEL_STD, normalize_and_pad, preprocess_shape
 
@@ -397,6 +397,10 @@ class SampleDecoder:
         if len(candidates) > self.max_masks_per_image:
             candidates = rng.choice(candidates, self.max_masks_per_image, replace=False)
         chosen = [annotations[i]["segmentation"] for i in candidates]
+        for rle in chosen:  # before any decoding: pycocotools would write past its buffer
+            problem = rle_problem(rle, *original)
+            if problem is not None:
+                raise ValueError(problem[1])
         return [rle for rle, area in zip(chosen, mask_areas(chosen), strict=True) if area > 0]
 
 

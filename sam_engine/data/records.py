@@ -150,6 +150,68 @@ def _provenance_rows(provenance: Mapping | None, n: int) -> list[dict]:
     return [{key: column[i] for key, column in columns.items()} for i in range(n)]
 
 
+def rle_counts(counts: str) -> np.ndarray:
+    """Run lengths of a COCO compressed RLE string, decoded as pycocotools' ``rleFrString`` does.
+
+    Each number is 1-6 characters of 5 bits (``char - 48``; bit 0x20: more follows, bit 0x10 of
+    the last: negative); from the fourth on, a number is a difference to the run two before.
+
+    Returns:
+        (M,) int64 run lengths, alternately background and foreground, column-major.
+    Raises:
+        ValueError: characters outside the RLE alphabet, or a number cut short or too long.
+    """
+    if not counts.isascii():
+        raise ValueError("RLE counts hold non-ASCII characters")
+    chars = np.frombuffer(counts.encode("ascii"), dtype=np.uint8).astype(np.int64) - 48
+    if len(chars) == 0:
+        return np.zeros(0, dtype=np.int64)
+    if chars.min() < 0 or chars.max() > 63:
+        raise ValueError("RLE counts hold characters outside '0'..'o'")
+    ends = np.flatnonzero((chars & 0x20) == 0)
+    if len(ends) == 0 or ends[-1] != len(chars) - 1:
+        raise ValueError("RLE counts end in the middle of a number")
+    starts = np.concatenate([[0], ends[:-1] + 1])
+    lengths = ends - starts + 1
+    if lengths.max() > 6:
+        raise ValueError("RLE counts hold a number longer than 6 characters")
+    position = np.arange(len(chars)) - np.repeat(starts, lengths)
+    values = np.add.reduceat((chars & 0x1F) << (5 * position), starts)
+    negative = (chars[ends] & 0x10) != 0
+    values = np.where(negative, values - (1 << (5 * lengths)), values)
+    runs = values.copy()
+    runs[1::2] = np.cumsum(values[1::2])
+    runs[2::2] = np.cumsum(values[2::2])
+    return runs
+
+
+def rle_problem(segmentation: dict, height: int, width: int) -> tuple[str, str] | None:
+    """What is wrong with a COCO RLE (compressed ``str`` or uncompressed ``list`` counts) for a ``height`` x
+    ``width`` image, as ``(kind, message)`` with kind ``rle_size`` or ``bad_rle``; None if nothing.
+
+    pycocotools trusts the runs: an RLE whose runs cover more pixels than its size writes past its
+    buffer when decoded. Check untrusted RLEs with this before ``decode_masks``.
+    """
+    size = segmentation.get("size")
+    if list(size or []) != [height, width]:
+        return "rle_size", f"RLE size {size} differs from the image's [{height}, {width}]"
+    counts = segmentation.get("counts")
+    try:
+        if isinstance(counts, str):
+            runs = rle_counts(counts)
+        elif isinstance(counts, list) and all(isinstance(c, int) and not isinstance(c, bool) for c in counts):
+            runs = np.asarray(counts, dtype=np.int64)
+        else:
+            raise ValueError(f"counts must be a string or a list of ints, got {type(counts).__name__}")
+    except ValueError as exc:
+        return "bad_rle", str(exc)
+    if len(runs) and (runs.min() < 0 or runs.max() >= 2**32):
+        return "bad_rle", "RLE has a negative or oversized run"
+    if runs.sum() != height * width:
+        return "bad_rle", f"RLE runs cover {runs.sum()} pixels, not {height}x{width}"
+    return None
+
+
 def make_annotations(
     masks: np.ndarray,
     *,
