@@ -2,6 +2,20 @@
 
 import os
 
+import pytest
+
 # Tests never reach a server: wandb stays offline, timm/huggingface never download.
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+@pytest.fixture(scope="session")
+def synthetic_shards(tmp_path_factory):
+    """A small embedded synthetic dataset (256 px): {"train": dir of 12 images, "val": dir of 4}."""
+    from sam_engine.data.synthetic import ensure_synthetic_dataset
+
+    root = tmp_path_factory.mktemp("synthetic")
+    return {
+        "train": str(ensure_synthetic_dataset(root / "train", num_images=12, seed=0, image_size=256, shard_size=6)),
+        "val": str(ensure_synthetic_dataset(root / "val", num_images=4, seed=1, image_size=256)),
+    }

@@ -1,0 +1,136 @@
+"""``python -m sam_engine.train``: outputs, resume, stages, bad input; the module's non-finite handling."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import lightning.pytorch as pl
+import pytest
+import torch
+
+from sam_engine.cli import alias_stage_numbers
+from sam_engine.data.datamodule import SamDataModule
+from sam_engine.model import build_sam, load_export
+from sam_engine.module import InteractiveSamModule, NonFiniteLossError
+
+FAST = [  # a few tiny steps: this checks the plumbing, not the learning
+    "data=shards", "data.batch_size=2", "data.num_workers=0", "data.steps_per_epoch=2",
+    "data.max_masks_per_image=4", "data.min_seen=1000", "stage.max_steps=4", "stage.warmup_steps=1",
+    "eval.max_clicks=3", "checkpoint_every_n_steps=2",
+]
+
+
+def train(*overrides: str, cwd=None) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "sam_engine.train", *overrides], capture_output=True, text=True, timeout=600, cwd=cwd
+    )
+
+
+@pytest.fixture(scope="module")
+def shards(synthetic_shards):
+    return [f"data.train={synthetic_shards['train']}", f"data.val={synthetic_shards['val']}"]
+
+
+def test_train_writes_checkpoint_export_metrics_and_resumes(tmp_path, shards):
+    engine = tmp_path / "engine"
+    result = train(*FAST, *shards, f"engine_dir={engine}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    run_dir = engine / "stage1" / "train"
+    assert (run_dir / "checkpoints" / "last.ckpt").is_file()
+    assert (run_dir / "logs" / "metrics.csv").is_file()
+    model = load_export(run_dir / "export")
+    assert model.config.name == "tiny"
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["stage"] == "assisted_manual" and metrics["steps"] == 4 and metrics["skipped_steps"] == 0
+    for phase in ("initial", "final"):
+        assert set(metrics[phase]) == {f"val/{k}" for k in
+                                       ("miou_1pt", "miou_1pt_oracle", "miou_box", "miou_5pt", "noc90", "iou_mae")}
+        assert 0.0 <= metrics[phase]["val/miou_1pt"] <= metrics[phase]["val/miou_1pt_oracle"] <= 1.0
+        assert 1.0 <= metrics[phase]["val/noc90"] <= 3.0
+    # The export holds the trained weights, not the initial ones.
+    assert not torch.equal(model.state_dict()["mask_decoder.iou_token.weight"],
+                           build_sam("tiny").state_dict()["mask_decoder.iou_token.weight"])
+
+    resumed = train(*FAST, *shards, f"engine_dir={engine}", "stage.max_steps=6", "ckpt_path=last")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["steps"] == 6 and "initial" not in metrics
+    assert "Restoring states from the checkpoint" in resumed.stdout + resumed.stderr
+
+
+def test_stage_numbers_and_names_select_the_same_config():
+    assert alias_stage_numbers(["x", "stage=1", "stage=3", "model=tiny"]) == [
+        "x", "stage=assisted_manual", "stage=fully_automatic", "model=tiny"]
+    by_number = train("stage=2", "--cfg", "job")
+    by_name = train("stage=semi_automatic", "--cfg", "job")
+    assert by_number.returncode == 0, by_number.stderr
+    assert by_number.stdout == by_name.stdout
+    assert "name: semi_automatic" in by_number.stdout
+
+
+@pytest.mark.parametrize(
+    "override, expected",
+    [("stage=4", ["Could not find 'stage/4'", "assisted_manual", "fully_automatic", "semi_automatic"]),
+     ("model=vit_x", ["model/vit_x", "tiny", "vit_b", "vit_h", "vit_l"]),
+     ("logger=tensorboard", ["logger/tensorboard", "csv", "none", "wandb"])],
+)
+def test_unknown_choices_list_the_options(override, expected):
+    result = train(override, "--cfg", "job")
+    assert result.returncode != 0
+    for text in expected:
+        assert text in result.stderr
+
+
+def test_missing_training_data_fails_before_training(tmp_path):
+    missing = tmp_path / "nowhere"
+    result = train(*FAST, f"data.train={missing}", "data.val=null", f"engine_dir={tmp_path / 'e'}")
+    assert result.returncode != 0
+    assert str(missing) in result.stderr
+    assert not (tmp_path / "e" / "stage1" / "train" / "checkpoints").exists()
+
+
+def test_stage_two_needs_stage_one_export(tmp_path, shards):
+    result = train(*FAST, *shards, "stage=2", f"engine_dir={tmp_path}")
+    assert result.returncode != 0
+    assert str(tmp_path / "stage1" / "train" / "export") in result.stderr
+
+
+def test_stage_three_needs_its_automatic_masks(tmp_path, shards):
+    result = train(*FAST, *shards, "stage=3", "init=null", f"engine_dir={tmp_path}")
+    assert result.returncode != 0
+    assert str(tmp_path / "stage3" / "shards") in result.stderr
+
+
+def test_wandb_offline_logs_the_run(tmp_path, shards):
+    result = train(*FAST, *shards, "logger=wandb", f"engine_dir={tmp_path}", "stage.max_steps=2")
+    assert result.returncode == 0, result.stderr[-3000:]
+    runs = list((tmp_path / "stage1" / "train" / "wandb").glob("offline-run-*"))
+    assert len(runs) == 1 and list(runs[0].glob("*.wandb"))
+    assert (tmp_path / "stage1" / "train" / "logs" / "metrics.csv").is_file()  # the CSV fallback too
+
+
+def test_non_finite_losses_skip_steps_then_stop(monkeypatch, synthetic_shards):
+    import sam_engine.module as module_code
+
+    real = module_code.simulate_training
+
+    def nan_loss(*args, **kwargs):
+        result = real(*args, **kwargs)
+        return result._replace(total=result.total * float("nan"))
+
+    monkeypatch.setattr(module_code, "simulate_training", nan_loss)
+    model = build_sam("tiny")
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    module = InteractiveSamModule(model, max_consecutive_nonfinite=3)
+    assert module.model.training and all(m.training for m in module.model.modules())
+    data = SamDataModule(synthetic_shards["train"], img_size=256, batch_size=1, num_workers=0, steps_per_epoch=10,
+                         max_masks_per_image=2)
+    trainer = pl.Trainer(accelerator="cpu", max_steps=10, logger=False, enable_checkpointing=False,
+                         enable_progress_bar=False, enable_model_summary=False)
+    with pytest.raises(NonFiniteLossError, match="3 consecutive training steps had a non-finite loss"):
+        trainer.fit(module, datamodule=data)
+    assert module.skipped_steps == 3 and trainer.global_step == 0
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, before[key]), f"{key} changed during skipped steps"
