@@ -12,22 +12,12 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import time
 
 import torch
+from timing import seconds
 
 from sam_engine.model import build_sam
 from sam_engine.model.official import official_twin
-
-
-def timed(fn, device: torch.device) -> float:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    start = time.perf_counter()
-    fn()
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    return time.perf_counter() - start
 
 
 def bench_variant(variant: str, runs: int, device: torch.device, precision: str) -> dict:
@@ -42,8 +32,8 @@ def bench_variant(variant: str, runs: int, device: torch.device, precision: str)
         max_diff = (out_ours.float() - out_official.float()).abs().max().item()
         times = {"ours": [], "official": []}
         for _ in range(runs):
-            times["ours"].append(timed(lambda: ours.image_encoder(image), device))
-            times["official"].append(timed(lambda: official.image_encoder(image), device))
+            times["ours"].append(seconds(lambda: ours.image_encoder(image), device))
+            times["official"].append(seconds(lambda: official.image_encoder(image), device))
     ours_s, official_s = statistics.median(times["ours"]), statistics.median(times["official"])
     return dict(variant=variant, size=size, ours=ours_s, official=official_s, ratio=official_s / ours_s, diff=max_diff)
 

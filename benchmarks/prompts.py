@@ -12,10 +12,9 @@ The masks are ellipses of varied sizes; the "prediction" is each ellipse shifted
 from __future__ import annotations
 
 import argparse
-import time
-from collections.abc import Callable
 
 import torch
+from timing import median_seconds
 
 from sam_engine.prompts import (
     farthest_from_boundary_points,
@@ -36,20 +35,6 @@ def ellipses(num_masks: int, size: int, generator: torch.Generator) -> torch.Ten
     dx = (coords.view(1, 1, size) - centres[:, 0]) / radii[:, 0]
     dy = (coords.view(1, size, 1) - centres[:, 1]) / radii[:, 1]
     return dx**2 + dy**2 < 1
-
-
-def seconds(step: Callable[[], object], device: torch.device, repeats: int) -> float:
-    """Median wall time of ``step`` over ``repeats`` runs, after one warm-up."""
-    times = []
-    for _ in range(repeats + 1):
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        step()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - start)
-    return sorted(times[1:])[len(times[1:]) // 2]
 
 
 def main() -> None:
@@ -76,7 +61,7 @@ def main() -> None:
             "farthest-from-boundary click": lambda gt=gt: farthest_from_boundary_points(gt),
         }
         for name, step in steps.items():
-            print(f"{size:>5} x {size:<5} {name:<30} {seconds(step, device, args.repeats) * 1000:9.1f} ms")
+            print(f"{size:>5} x {size:<5} {name:<30} {median_seconds(step, device, args.repeats) * 1000:9.1f} ms")
 
 
 if __name__ == "__main__":

@@ -12,10 +12,9 @@ timed after one warm-up step; the ratio 11-round / 1-round is the figure to watc
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 
 import torch
+from timing import median_seconds
 
 from sam_engine.data.scenes import SceneSpec, generate_scene
 from sam_engine.interactive import SimulationConfig, simulate_training
@@ -32,23 +31,6 @@ def synthetic_batch(size: int, num_images: int, num_masks: int, device: torch.de
     counts = [min(per_image, len(s.masks)) for s in scenes]
     image_index = torch.repeat_interleave(torch.arange(num_images), torch.tensor(counts))[: len(masks)]
     return images.to(device), masks.to(device), image_index.to(device)
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-
-
-def timed(fn, device: torch.device, runs: int) -> float:
-    fn()  # warm-up
-    times = []
-    for _ in range(runs):
-        sync(device)
-        start = time.perf_counter()
-        fn()
-        sync(device)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def bench(variant: str, args, device: torch.device) -> dict:
@@ -73,9 +55,9 @@ def bench(variant: str, args, device: torch.device) -> dict:
         noisy_boxes(mask_boxes(masks), generator, image_size=(size, size))
         sample_error_clicks(masks.roll(shifts=size // 50, dims=-1), masks, generator)
 
-    eleven = timed(step(SimulationConfig()), device, args.runs)
-    one = timed(step(SimulationConfig(num_click_rounds=0)), device, args.runs)
-    prompts = timed(sampling, device, max(args.runs, 3))
+    eleven = median_seconds(step(SimulationConfig()), device, args.runs)
+    one = median_seconds(step(SimulationConfig(num_click_rounds=0)), device, args.runs)
+    prompts = median_seconds(sampling, device, max(args.runs, 3))
     return dict(variant=variant, size=size, masks=len(masks), eleven=eleven, one=one, prompts=prompts)
 
 
