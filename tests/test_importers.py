@@ -6,7 +6,6 @@ import io
 import json
 import subprocess
 import sys
-import tarfile
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +13,7 @@ import pytest
 from PIL import Image
 from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
+from shard_helpers import write_raw_tar
 
 from sam_engine.data.coco import import_coco
 from sam_engine.data.folder import import_folder
@@ -250,15 +250,6 @@ def sa1b_sample(index: int, height: int = 24, width: int = 36) -> tuple[str, byt
     return key, image_bytes(random_pixels(height, width), "JPEG", quality=90), record
 
 
-def write_tar(path: Path, members: list[tuple[str, bytes]]) -> Path:
-    with tarfile.open(path, "w") as tar:
-        for name, data in members:
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
-    return path
-
-
 def pair_members(key: str, jpg: bytes, record: dict | bytes) -> list[tuple[str, bytes]]:
     data = record if isinstance(record, bytes) else json.dumps(record).encode()
     return [(f"{key}.jpg", jpg), (f"{key}.json", data)]
@@ -266,8 +257,8 @@ def pair_members(key: str, jpg: bytes, record: dict | bytes) -> list[tuple[str, 
 
 def test_sa1b_tars_and_loose_files_import_unchanged(tmp_path):
     samples = [sa1b_sample(i) for i in range(1, 6)]
-    write_tar(tmp_path / "sa_000000.tar", [m for s in samples[:2] for m in pair_members(*s)])
-    write_tar(tmp_path / "sa_000001.tar", [m for s in samples[2:4] for m in pair_members(*s)])
+    write_raw_tar(tmp_path / "sa_000000.tar", [m for s in samples[:2] for m in pair_members(*s)])
+    write_raw_tar(tmp_path / "sa_000001.tar", [m for s in samples[2:4] for m in pair_members(*s)])
     loose = tmp_path / "loose"
     loose.mkdir()
     for name, data in pair_members(*samples[4]):
@@ -282,7 +273,7 @@ def test_sa1b_tars_and_loose_files_import_unchanged(tmp_path):
 
 def test_sa1b_release_tars_are_read_in_place(tmp_path):
     samples = [sa1b_sample(i) for i in range(1, 4)]
-    write_tar(tmp_path / "sa_000000.tar", [m for s in samples for m in pair_members(*s)])
+    write_raw_tar(tmp_path / "sa_000000.tar", [m for s in samples for m in pair_members(*s)])
     urls = list_shards(str(tmp_path / "sa_{000000..000000}.tar"))
     assert [(k, j, r) for k, j, r in iter_sa1b(urls)] == samples
 
@@ -310,9 +301,9 @@ def test_sa1b_bad_samples_are_reported_and_the_rest_imported(tmp_path):
         *pair_members("sa_9", jpg, with_empty),
         *pair_members("sa_1", good[1], good[2]),
     ]
-    tar = write_tar(tmp_path / "sa_000000.tar", members)
+    tar = write_raw_tar(tmp_path / "sa_000000.tar", members)
     truncated = tmp_path / "sa_000001.tar"
-    full = write_tar(tmp_path / "full.tar", pair_members(*sa1b_sample(10)) + pair_members(*sa1b_sample(11)))
+    full = write_raw_tar(tmp_path / "full.tar", pair_members(*sa1b_sample(10)) + pair_members(*sa1b_sample(11)))
     truncated.write_bytes(full.read_bytes()[: len(full.read_bytes()) // 2])
     full.unlink()
     empty_tar = tmp_path / "sa_000002.tar"
