@@ -76,11 +76,6 @@ class SimulationConfig:
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
 
-    @property
-    def num_passes(self) -> int:
-        """Decoder passes per step: 1 + clicks + 2 mask-only (11 for SAM); 1 with no click rounds."""
-        return self.num_click_rounds + 3 if self.num_click_rounds else 1
-
 
 class Decoded(NamedTuple):
     """One decoder pass for n masks: ``logits`` n x C x L x L (low-res), ``iou_pred`` n x C."""
