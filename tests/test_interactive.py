@@ -41,7 +41,10 @@ class DecoderSpy:
     def _decoder(self, module, args, kwargs, output):
         self.calls.append(dict(self._pending, multimask=kwargs["multimask_output"], logits=output[0].detach()))
 
-    def remove(self):
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
         for handle in self.handles:
             handle.remove()
 
@@ -55,11 +58,8 @@ def run(model, config, seed=0, n=6):
 
 
 def test_eleven_passes_with_the_previous_mask_as_prompt(model):
-    spy = DecoderSpy(model)
-    try:
+    with DecoderSpy(model) as spy:
         run(model, SimulationConfig(box_probability=1.0))
-    finally:
-        spy.remove()
     assert len(spy.calls) == 11
     first, rest = spy.calls[0], spy.calls[1:]
     assert first["boxes"] is not None and first["points"] is None and first["masks"] is None
@@ -76,11 +76,8 @@ def test_eleven_passes_with_the_previous_mask_as_prompt(model):
 
 
 def test_point_started_masks_use_three_outputs_only_for_the_single_point(model):
-    spy = DecoderSpy(model)
-    try:
+    with DecoderSpy(model) as spy:
         run(model, SimulationConfig(box_probability=0.0))
-    finally:
-        spy.remove()
     assert len(spy.calls) == 11
     single_point = [c["points"][0].shape[1] == 1 for c in spy.calls]
     assert [c["multimask"] for c in spy.calls] == single_point
@@ -94,11 +91,8 @@ def test_point_started_masks_use_three_outputs_only_for_the_single_point(model):
 
 
 def test_mixed_batch_decodes_two_groups_per_pass(model):
-    spy = DecoderSpy(model)
-    try:
+    with DecoderSpy(model) as spy:
         result = run(model, SimulationConfig(box_probability=0.5), n=8)
-    finally:
-        spy.remove()
     assert len(spy.calls) == 22
     assert int(result.num_masks) == 8
     assert sum(len(c["logits"]) for c in spy.calls[:2]) == 8
@@ -137,12 +131,9 @@ def test_loss_matches_the_loss_of_each_pass(model):
     from sam_engine.interactive import downsample_masks
     from sam_engine.losses import multimask_loss
 
-    spy = DecoderSpy(model)
-    try:
+    with DecoderSpy(model) as spy:
         with torch.no_grad():
             result = run(model, SimulationConfig(box_probability=1.0))
-    finally:
-        spy.remove()
     targets = downsample_masks(square_masks(6), 64)
     per_pass = [
         multimask_loss(c["logits"], torch.zeros(6, 1), targets, num_masks_total=1.0) for c in spy.calls
