@@ -163,3 +163,26 @@ def test_timm_encoder_weights_of_another_width_are_refused(tmp_path):
     expected = r"(?s)encoder weights do not fit model 'tiny'.*unexpected keys: blocks.10.*shape mismatches"
     with pytest.raises(CheckpointError, match=expected):
         load_timm_encoder(build_sam("tiny"), tmp_path / "vit_b.pth")
+
+
+def test_fresh_attention_keys_start_mimetic():
+    from sam_engine.model.transformer import Attention
+
+    model = build_sam("tiny")
+    attentions = [m for m in model.mask_decoder.modules() if isinstance(m, Attention)]
+    assert len(attentions) == 7  # 2 blocks x (self, token->image, image->token) + the final attention
+    for attention in attentions:
+        product = attention.q_proj.weight.T @ attention.k_proj.weight
+        assert product.diagonal().mean().item() == pytest.approx(1.0, rel=1e-4)
+        assert product.diagonal().min().item() > 0  # every input direction matches itself
+    for block in model.image_encoder.blocks:
+        query, key, _ = block.attn.qkv.weight.chunk(3, dim=0)
+        assert (query.T @ key).diagonal().mean().item() == pytest.approx(1.0, rel=1e-4)
+    # A point's token attends most to its own image location at initialisation.
+    pe = model.prompt_encoder
+    grid = pe.get_dense_pe()[0].flatten(1).T  # (16*16) x C, row-major over the 16 x 16 grid
+    point = torch.tensor([[[200.0, 56.0]]])  # x, y in the 256 px frame: cell (row 3, column 12)
+    token = pe.pe_layer.encode_pixels(point, (256, 256))[0]  # 1 x C
+    attention = attentions[-1]  # final token -> image attention
+    scores = attention.q_proj(token) @ attention.k_proj(grid).T
+    assert divmod(scores.argmax().item(), 16) == (3, 12)

@@ -6,6 +6,20 @@ import torch
 from torch import nn
 
 
+@torch.no_grad()
+def mimetic_keys_(query_weight: torch.Tensor, key_weight: torch.Tensor) -> None:
+    """Set ``key_weight`` (out x in) to a multiple of ``query_weight``, in place, so that
+    ``query_weight.T @ key_weight`` has unit mean diagonal: the mimetic initialisation of attention
+    (Trockman & Kolter, "Mimetic Initialization of Self-Attention Layers", ICML 2023).
+
+    Inputs that share a direction (the same positional encoding on a query and a key, say) then
+    attend to each other from the first step, which shortens the plateau a transformer trained from
+    scratch spends before its attention depends on position. Only fresh weights get it; loading a
+    checkpoint replaces it like any other initial value.
+    """
+    key_weight.copy_(query_weight * query_weight.shape[1] / query_weight.square().sum())
+
+
 class MLPBlock(nn.Module):
     """Linear-activation-linear with SAM's parameter names (``lin1``, ``lin2``).
 

@@ -15,7 +15,7 @@ import torch
 from timm.models.vision_transformer_sam import VisionTransformerSAM
 from torch import nn
 
-from sam_engine.model.common import MLPBlock
+from sam_engine.model.common import MLPBlock, mimetic_keys_
 from sam_engine.model.config import SamConfig
 
 
@@ -47,6 +47,9 @@ class ImageEncoder(VisionTransformerSAM):
             drop_path_rate=drop_path_rate,
         )
         self.img_size = config.img_size
+        for block in self.blocks:  # fused qkv: rows [0, C) are the queries, [C, 2C) the keys
+            query, key, _ = block.attn.qkv.weight.chunk(3, dim=0)
+            mimetic_keys_(query, key)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_features(x)
