@@ -174,6 +174,21 @@ def test_a_complete_dataset_is_left_alone_and_other_parameters_are_refused(tmp_p
         ensure_synthetic_dataset(out, num_images=2, seed=1, image_size=64)
     with pytest.raises(ValueError, match="image_size"):
         ensure_synthetic_dataset(out, num_images=2, seed=0, image_size=128)
+    with pytest.raises(ValueError, match="max_objects"):
+        ensure_synthetic_dataset(out, num_images=2, seed=0, image_size=64, scene={"max_objects": 6})
+
+
+def test_scene_parameters_shape_the_dataset(tmp_path):
+    scene = {"min_objects": 1, "max_objects": 2, "object_area": [0.05, 0.2], "min_mask_area": 40}
+    out = ensure_synthetic_dataset(tmp_path / "d", num_images=4, seed=3, image_size=96, scene=scene)
+    parameters = json.loads((out / "synthetic.json").read_text())
+    assert parameters["scene"] == {**scene, "image_size": 96, "large_area": [0.35, 0.65], "large_probability": 0.5}
+    for _, record in read_dataset(out).values():
+        annotations = record["annotations"]
+        assert 1 <= len({a["object"] for a in annotations}) <= 2
+        assert min(a["area"] for a in annotations) >= 40
+    with pytest.raises(ValueError, match="unknown field.*max_object"):
+        ensure_synthetic_dataset(tmp_path / "e", num_images=1, seed=3, image_size=96, scene={"max_object": 3})
 
 
 def run_module(args, cwd):
@@ -192,7 +207,10 @@ def test_command_line_writes_relative_to_the_launch_directory(tmp_path):
     manifest = read_manifest(tmp_path / "data" / "train")
     assert sum(entry["samples"] for entry in manifest["shards"].values()) == 2
     parameters = json.loads((tmp_path / "data" / "train" / "synthetic.json").read_text())
-    assert parameters == {"num_images": 2, "seed": 1, "image_size": 64, "image_format": "png"}
+    assert {k: parameters[k] for k in ("num_images", "seed", "image_size", "image_format")} == {
+        "num_images": 2, "seed": 1, "image_size": 64, "image_format": "png"
+    }
+    assert parameters["scene"]["max_objects"] == 40  # SceneSpec's default
 
 
 def test_command_line_help_and_cfg(tmp_path):

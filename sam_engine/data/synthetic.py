@@ -13,14 +13,16 @@ object, 1 part, 2 sub-part) and ``object`` (the object's index in the image, bac
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import logging
+from collections.abc import Mapping
 from pathlib import Path
 
 import hydra
 import numpy as np
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from PIL import Image
 
 from sam_engine.data.records import make_annotations, make_record
@@ -63,6 +65,20 @@ def scene_record(scene: Scene, key: str, file_name: str) -> dict:
     return make_record(key, width, height, file_name, annotations)
 
 
+def scene_spec(image_size: int, scene: Mapping | None) -> SceneSpec:
+    """The :class:`SceneSpec` of ``image_size`` with the fields given in ``scene`` (a Hydra node or dict).
+
+    Raises:
+        ValueError: ``scene`` names a field SceneSpec does not have.
+    """
+    fields = {f.name for f in dataclasses.fields(SceneSpec)} - {"image_size"}
+    scene = OmegaConf.to_container(scene) if isinstance(scene, DictConfig) else dict(scene or {})
+    unknown = sorted(set(scene) - fields)
+    if unknown:
+        raise ValueError(f"scene: unknown field(s) {unknown}; known: {sorted(fields)}")
+    return SceneSpec(image_size=image_size, **{k: tuple(v) if isinstance(v, list) else v for k, v in scene.items()})
+
+
 def _check_parameters(out_dir: Path, parameters: dict) -> None:
     """Record the dataset's parameters in ``out_dir``, or check that they match those already there.
 
@@ -72,10 +88,10 @@ def _check_parameters(out_dir: Path, parameters: dict) -> None:
     path = out_dir / PARAMETERS_FILE
     existing = json.loads(path.read_text(encoding="utf-8")) if path.exists() else None
     if existing is not None:
-        fixed = ("seed", "image_size", "image_format")
+        fixed = ("seed", "image_size", "image_format", "scene")
         if any(existing.get(name) != parameters[name] for name in fixed):
             raise ValueError(
-                f"{out_dir} holds a synthetic dataset with {existing}, not {parameters}: "
+                f"{out_dir} holds a synthetic dataset made with {existing}, not {parameters}: "
                 "use another out_dir or delete it"
             )
         if existing["num_images"] >= parameters["num_images"]:
@@ -92,6 +108,7 @@ def ensure_synthetic_dataset(
     image_size: int,
     shard_size: int = 100,
     image_format: str = "png",
+    scene: Mapping | None = None,
 ) -> Path:
     """Generate the synthetic dataset in ``out_dir`` unless it is already there; return ``out_dir``.
 
@@ -106,6 +123,7 @@ def ensure_synthetic_dataset(
         image_size: side of the square images, pixels.
         shard_size: samples per shard.
         image_format: ``png`` (exact) or ``jpg``.
+        scene: :class:`SceneSpec` fields other than ``image_size`` (object counts and sizes); None: its defaults.
     Raises:
         ValueError: bad arguments, or ``out_dir`` holds a dataset made with other parameters.
     """
@@ -115,9 +133,12 @@ def ensure_synthetic_dataset(
             f"got {num_images}, {seed}, {image_size}, {image_format!r}"
         )
     out_dir = Path(out_dir)
-    parameters = dict(num_images=num_images, seed=seed, image_size=image_size, image_format=image_format)
+    spec = scene_spec(image_size, scene)
+    parameters = dict(
+        num_images=num_images, seed=seed, image_size=image_size, image_format=image_format,
+        scene=json.loads(json.dumps(dataclasses.asdict(spec))),
+    )
     _check_parameters(out_dir, parameters)
-    spec = SceneSpec(image_size=image_size)
     with ShardWriter(out_dir, prefix=SHARD_PREFIX, max_samples=shard_size) as writer:
         done = writer.completed_keys()
         todo = [i for i in range(num_images) if sample_key(seed, i) not in done]
@@ -140,6 +161,7 @@ def main(cfg: DictConfig) -> None:
         image_size=cfg.image_size,
         shard_size=cfg.shard_size,
         image_format=cfg.image_format,
+        scene=cfg.scene,
     )
     log.info("synthetic dataset ready: %s", out_dir)
 
