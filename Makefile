@@ -16,7 +16,8 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: install
-	$(BIN)/python -m sam_engine.predict
+	$(BIN)/python -m sam_engine.train stage=1
+	$(BIN)/python -m sam_engine.predict checkpoint=outputs/engine/stage1/train/export
 
 test: install
 	$(BIN)/python -m pytest -q

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import zlib
+from dataclasses import replace
 
 import torch
 from lightning.pytorch import LightningModule
@@ -44,6 +45,10 @@ class InteractiveSamModule(LightningModule):
         simulation: how the annotator is simulated and the loss weighted (default: SAM's).
         optim: optimiser and schedule (default: SAM's).
         seed: all prompt sampling derives from (seed, step, rank): a seeded run is reproducible.
+        prompt_warmup_steps: the first steps decode the initial prompt only (one pass, no clicks), as
+            ``num_click_rounds=0``; the interactive passes start after. A model trained from scratch
+            first has to learn where its prompt is; until it does, its masks are empty and the error
+            clicks drawn from them only repeat the first click, at 11 times the cost of a step.
         gradient_clip_norm: clip the global gradient norm to this (None: no clipping).
         grad_checkpointing: recompute the image encoder's activations in the backward pass.
         max_consecutive_nonfinite: stop after this many skipped steps in a row.
@@ -57,6 +62,7 @@ class InteractiveSamModule(LightningModule):
         optim: OptimConfig | None = None,
         *,
         seed: int = 0,
+        prompt_warmup_steps: int = 0,
         gradient_clip_norm: float | None = 1.0,
         grad_checkpointing: bool = False,
         max_consecutive_nonfinite: int = 5,
@@ -69,6 +75,7 @@ class InteractiveSamModule(LightningModule):
         self.simulation = simulation or SimulationConfig()
         self.optim = optim or OptimConfig()
         self.seed = seed
+        self.prompt_warmup_steps = prompt_warmup_steps
         self.gradient_clip_norm = gradient_clip_norm
         self.max_consecutive_nonfinite = max_consecutive_nonfinite
         self.eval_max_clicks = eval_max_clicks
@@ -106,7 +113,9 @@ class InteractiveSamModule(LightningModule):
         scheduler = self.lr_schedulers()
         image_index, gt_masks = self._masks_of(batch)
         embeddings = self.model.encode_images(batch.image)
-        result = simulate_training(self.model, embeddings, image_index, gt_masks, self.simulation, self._generator())
+        result = simulate_training(
+            self.model, embeddings, image_index, gt_masks, self._simulation_now(), self._generator()
+        )
         global_masks = self._global_sum(result.num_masks)
         normaliser = (global_masks / self.trainer.world_size).clamp(min=1.0)
         loss = result.total / normaliser + self._all_parameters_term()
@@ -133,6 +142,12 @@ class InteractiveSamModule(LightningModule):
         self.log("train/skipped_steps", float(self.skipped_steps), batch_size=size)
         self.log("train/lr", optimizer.param_groups[-1]["lr"], batch_size=size)
         self.log("data/bad_samples", float(batch.num_bad), batch_size=size, reduce_fx="sum", sync_dist=True)
+
+    def _simulation_now(self) -> SimulationConfig:
+        """The simulation of this step: the initial prompt alone during the prompt warm-up."""
+        if self.global_step < self.prompt_warmup_steps:
+            return replace(self.simulation, num_click_rounds=0)
+        return self.simulation
 
     def _skip_step(self, loss: torch.Tensor) -> None:
         self.consecutive_nonfinite += 1

@@ -74,6 +74,7 @@ def build_module(cfg: DictConfig, model: Sam) -> InteractiveSamModule:
         SimulationConfig(**plain(cfg.simulation)),
         OptimConfig(**{**plain(cfg.optim), "betas": tuple(cfg.optim.betas), "milestones": tuple(cfg.optim.milestones)}),
         seed=cfg.seed,
+        prompt_warmup_steps=cfg.prompt_warmup_steps,
         gradient_clip_norm=cfg.gradient_clip_norm,
         grad_checkpointing=cfg.grad_checkpointing,
         eval_max_clicks=cfg.eval.max_clicks,
@@ -95,6 +96,7 @@ def main(cfg: DictConfig) -> dict:
     checkpoints = ModelCheckpoint(
         dirpath=run_dir / "checkpoints", save_last=True, save_top_k=0,
         every_n_train_steps=cfg.checkpoint_every_n_steps,
+        enable_version_counter=False,  # a new run in the same run_dir replaces last.ckpt, never last-v1.ckpt
     )
     trainer = instantiate(cfg.trainer, default_root_dir=str(run_dir), logger=loggers or False, callbacks=[checkpoints])
 

@@ -18,6 +18,7 @@ from sam_engine.module import InteractiveSamModule, NonFiniteLossError
 FAST = [  # a few tiny steps: this checks the plumbing, not the learning
     "data=shards", "data.batch_size=2", "data.num_workers=0", "data.steps_per_epoch=2",
     "data.max_masks_per_image=4", "data.min_seen=1000", "stage.max_steps=4", "stage.warmup_steps=1",
+    "stage.prompt_warmup_steps=2",
     "eval.max_clicks=3", "checkpoint_every_n_steps=2",
 ]
 
@@ -59,6 +60,25 @@ def test_train_writes_checkpoint_export_metrics_and_resumes(tmp_path, shards):
     assert metrics["steps"] == 6 and "initial" not in metrics
     assert "Restoring states from the checkpoint" in resumed.stdout + resumed.stderr
 
+
+
+@pytest.mark.slow
+def test_default_stage_one_learns_from_scratch_on_cpu(tmp_path):
+    """The default run, no override but where it writes: fresh tiny model, synthetic data, ~5 min."""
+    import os
+
+    env = {**os.environ, "SAM_ENGINE_DATA": str(tmp_path / "data")}
+    result = subprocess.run(
+        [sys.executable, "-m", "sam_engine.train", "stage=1", f"engine_dir={tmp_path / 'engine'}"],
+        capture_output=True, text=True, timeout=900, env=env,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    metrics = json.loads((tmp_path / "engine" / "stage1" / "train" / "metrics.json").read_text())
+    before, after = metrics["initial"], metrics["final"]
+    assert metrics["steps"] == 400 and metrics["skipped_steps"] == 0
+    assert after["val/miou_1pt"] > max(0.1, 4 * before["val/miou_1pt"]), metrics
+    for name in ("val/miou_1pt_oracle", "val/miou_5pt", "val/miou_box"):
+        assert after[name] > 2 * before[name], (name, metrics)
 
 def test_stage_numbers_and_names_select_the_same_config():
     assert alias_stage_numbers(["x", "stage=1", "stage=3", "model=tiny"]) == [
@@ -134,3 +154,23 @@ def test_non_finite_losses_skip_steps_then_stop(monkeypatch, synthetic_shards):
     assert module.skipped_steps == 3 and trainer.global_step == 0
     for key, value in model.state_dict().items():
         assert torch.equal(value, before[key]), f"{key} changed during skipped steps"
+
+
+def test_prompt_warmup_steps_decode_the_initial_prompt_only(monkeypatch, synthetic_shards):
+    import sam_engine.module as module_code
+
+    rounds = []
+    real = module_code.simulate_training
+
+    def recording(model, embeddings, image_index, gt_masks, config, generator):
+        rounds.append(config.num_click_rounds)
+        return real(model, embeddings, image_index, gt_masks, config, generator)
+
+    monkeypatch.setattr(module_code, "simulate_training", recording)
+    module = InteractiveSamModule(build_sam("tiny"), prompt_warmup_steps=2)
+    data = SamDataModule(synthetic_shards["train"], img_size=256, batch_size=1, num_workers=0, steps_per_epoch=4,
+                         max_masks_per_image=2)
+    trainer = pl.Trainer(accelerator="cpu", max_steps=4, logger=False, enable_checkpointing=False,
+                         enable_progress_bar=False, enable_model_summary=False)
+    trainer.fit(module, datamodule=data)
+    assert rounds == [0, 0, 8, 8]
