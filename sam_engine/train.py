@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -19,6 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from sam_engine.cli import alias_stage_numbers
 from sam_engine.data.shards import MANIFEST
+from sam_engine.distributed import check_slurm_allocation, claim_run_dir, uses_slurm
 from sam_engine.interactive import SimulationConfig
 from sam_engine.model import Sam, build_sam, export_sam, load_export
 from sam_engine.model.build import load_timm_encoder
@@ -90,6 +92,9 @@ def val_metrics(results: list[dict]) -> dict:
 @hydra.main(version_base=None, config_path="../conf", config_name="train")
 def main(cfg: DictConfig) -> dict:
     run_dir = Path(cfg.run_dir)
+    if uses_slurm(cfg.trainer):
+        check_slurm_allocation()
+        claim_run_dir(run_dir, os.environ["SLURM_JOB_ID"], int(os.environ.get("SLURM_PROCID", 0)))
     datamodule = instantiate(cfg.data, train=training_sources(cfg))
     module = build_module(cfg, initial_model(cfg))
     loggers = [instantiate(node) for node in cfg.logger.values()]
@@ -101,7 +106,8 @@ def main(cfg: DictConfig) -> dict:
     trainer = instantiate(cfg.trainer, default_root_dir=str(run_dir), logger=loggers or False, callbacks=[checkpoints])
 
     metrics = {"stage": cfg.stage.name, "model": module.model.config.name}
-    if cfg.validate_before_training and cfg.ckpt_path is None:
+    requeued = any(run_dir.glob("hpc_ckpt_*.ckpt"))  # Lightning resumes a requeued SLURM job from it
+    if cfg.validate_before_training and cfg.ckpt_path is None and not requeued:
         metrics["initial"] = val_metrics(trainer.validate(module, datamodule=datamodule, verbose=False))
     trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
     metrics["final"] = val_metrics(trainer.validate(module, datamodule=datamodule, verbose=False))

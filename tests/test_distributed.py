@@ -1,0 +1,89 @@
+"""DDP on CPU (gloo, two processes) and the checks made before a SLURM run starts."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from test_train import FAST, train
+
+from sam_engine.distributed import SlurmSetupError, check_slurm_allocation, claim_run_dir
+
+DDP_CPU = ["trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2", "trainer.precision=32-true"]
+SCRIPTS = Path(__file__).parent / "scripts"
+
+
+@pytest.fixture(scope="module")
+def shards(synthetic_shards):
+    return [f"data.train={synthetic_shards['train']}", f"data.val={synthetic_shards['val']}"]
+
+
+def step_result(devices: int, shard_dir: str, out: Path) -> dict:
+    result = subprocess.run(
+        [sys.executable, str(SCRIPTS / "ddp_step.py"), str(devices), shard_dir, str(out)],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    return json.loads(out.read_text())
+
+
+def test_a_step_does_not_depend_on_the_number_of_processes(tmp_path, synthetic_shards):
+    one = step_result(1, synthetic_shards["val"], tmp_path / "one.json")  # 1 process x 4 images
+    two = step_result(2, synthetic_shards["val"], tmp_path / "two.json")  # 2 processes x 2 images
+    assert one["loss"] > 0
+    assert two["loss"] == pytest.approx(one["loss"], rel=1e-5)
+    scale = max(abs(g) for g in one["gradient"])
+    assert scale > 0
+    assert max(abs(a - b) for a, b in zip(one["gradient"], two["gradient"], strict=True)) < 1e-4 * scale
+
+
+def test_two_process_ddp_writes_one_checkpoint_one_export_and_metrics(tmp_path, shards):
+    result = train(*FAST, *shards, *DDP_CPU, f"engine_dir={tmp_path}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    run_dir = tmp_path / "stage1" / "train"
+    assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["last.ckpt"]
+    assert sorted(p.name for p in (run_dir / "export").iterdir()) == ["sam.pth", "sam_config.json"]
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["steps"] == 4 and 0.0 <= metrics["final"]["val/miou_1pt"] <= 1.0
+    assert "Initializing distributed: GLOBAL_RANK: 1, MEMBER: 2/2" in result.stderr + result.stdout
+    assert len(list(tmp_path.rglob("metrics.csv"))) == 1  # rank 0 logs
+
+
+def test_slurm_trainer_outside_an_allocation_is_refused_before_work(tmp_path, shards):
+    env_free = {k: v for k, v in os.environ.items() if not k.startswith("SLURM_")}
+    result = subprocess.run(
+        [sys.executable, "-m", "sam_engine.train", *FAST, *shards, "trainer=slurm", f"engine_dir={tmp_path}"],
+        capture_output=True, text=True, timeout=300, env=env_free,
+    )
+    assert result.returncode != 0
+    assert "SLURM_JOB_ID, SLURM_NNODES, SLURM_NTASKS_PER_NODE not set" in result.stderr
+    assert sorted(p.name for p in (tmp_path / "stage1" / "train").iterdir()) == ["hydra"]  # only its log
+
+
+@pytest.mark.parametrize(
+    "environ, message",
+    [
+        ({"SLURM_JOB_ID": "7", "SLURM_NNODES": "2"}, "SLURM_NTASKS_PER_NODE not set"),
+        ({"SLURM_JOB_ID": "7", "SLURM_NNODES": "0", "SLURM_NTASKS_PER_NODE": "4"}, "SLURM_NNODES='0'"),
+        ({"SLURM_JOB_ID": "7", "SLURM_NNODES": "2", "SLURM_NTASKS_PER_NODE": "2(x2)"}, "SLURM_NTASKS_PER_NODE"),
+    ],
+)
+def test_bad_allocations_are_named(environ, message):
+    with pytest.raises(SlurmSetupError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        check_slurm_allocation(environ)
+    check_slurm_allocation({"SLURM_JOB_ID": "7", "SLURM_NNODES": "2", "SLURM_NTASKS_PER_NODE": "4"})
+
+
+def test_a_run_dir_belongs_to_one_job(tmp_path):
+    run_dir = tmp_path / "run"
+    claim_run_dir(run_dir, "101", rank=1)  # not rank 0: claims nothing
+    assert not run_dir.exists()
+    claim_run_dir(run_dir, "101", rank=0)
+    claim_run_dir(run_dir, "101", rank=0)  # the same job, requeued: fine
+    claim_run_dir(run_dir, "101", rank=3)
+    with pytest.raises(SlurmSetupError, match=r"belongs to SLURM job 101 .*not to this job 202"):
+        claim_run_dir(run_dir, "202", rank=0)
