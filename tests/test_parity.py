@@ -49,8 +49,9 @@ def assert_same_outputs(ours_out, official_out):
     assert low_res.shape == ref_low_res.shape
     np.testing.assert_allclose(low_res, ref_low_res, atol=TOLERANCE, rtol=0)
     np.testing.assert_allclose(scores, ref_scores, atol=TOLERANCE, rtol=0)
-    if ref_masks.dtype == bool:
-        np.testing.assert_array_equal(masks, ref_masks)
+    if ref_masks.dtype == bool:  # a pixel whose logit is within float error of 0 may fall either side
+        assert masks.shape == ref_masks.shape
+        assert (masks != ref_masks).sum() <= 1e-5 * masks.size, (masks != ref_masks).sum()
     else:  # full-size logits: equal within tolerance, and on the same side of 0 wherever that is decided
         np.testing.assert_allclose(masks, ref_masks, atol=TOLERANCE, rtol=0)
         decided = np.abs(ref_masks) > TOLERANCE
