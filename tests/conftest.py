@@ -3,6 +3,7 @@
 import os
 
 import pytest
+from slurm_cluster import slurm_cluster  # noqa: F401  (a real single-node SLURM on localhost, for any test)
 
 # Tests never reach a server: wandb stays offline, timm/huggingface never download.
 os.environ.setdefault("WANDB_MODE", "offline")
