@@ -15,6 +15,7 @@ from pathlib import Path
 
 import hydra
 from hydra.utils import instantiate
+from lightning.pytorch import seed_everything
 from lightning.pytorch.callbacks import ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf
 
@@ -92,6 +93,7 @@ def val_metrics(results: list[dict]) -> dict:
 @hydra.main(version_base=None, config_path="../conf", config_name="train")
 def main(cfg: DictConfig) -> dict:
     run_dir = Path(cfg.run_dir)
+    seed_everything(cfg.seed, workers=True)  # fresh weights too: a seeded run is reproducible
     if uses_slurm(cfg.trainer):
         check_slurm_allocation()
         claim_run_dir(run_dir, os.environ["SLURM_JOB_ID"], int(os.environ.get("SLURM_PROCID", 0)))
