@@ -77,8 +77,8 @@ def test_default_stage_one_learns_from_scratch_on_cpu(tmp_path):
     before, after = metrics["initial"], metrics["final"]
     assert metrics["steps"] == 400 and metrics["skipped_steps"] == 0
     assert after["val/miou_1pt"] > max(0.1, 4 * before["val/miou_1pt"]), metrics
-    for name in ("val/miou_1pt_oracle", "val/miou_5pt", "val/miou_box"):
-        assert after[name] > 2 * before[name], (name, metrics)
+    assert after["val/miou_1pt_oracle"] > 4 * before["val/miou_1pt_oracle"], metrics
+    print(json.dumps(metrics))  # shown with -rP: the figures of this machine
 
 def test_stage_numbers_and_names_select_the_same_config():
     assert alias_stage_numbers(["x", "stage=1", "stage=3", "model=tiny"]) == [
