@@ -20,3 +20,9 @@ def synthetic_shards(tmp_path_factory):
         "train": str(ensure_synthetic_dataset(root / "train", num_images=12, seed=0, image_size=256, shard_size=6)),
         "val": str(ensure_synthetic_dataset(root / "val", num_images=4, seed=1, image_size=256)),
     }
+
+
+@pytest.fixture(scope="session")
+def shards(synthetic_shards):
+    """Hydra overrides that point training at ``synthetic_shards``."""
+    return [f"data.train={synthetic_shards['train']}", f"data.val={synthetic_shards['val']}"]

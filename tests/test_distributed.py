@@ -17,11 +17,6 @@ DDP_CPU = ["trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2", "train
 SCRIPTS = Path(__file__).parent / "scripts"
 
 
-@pytest.fixture(scope="module")
-def shards(synthetic_shards):
-    return [f"data.train={synthetic_shards['train']}", f"data.val={synthetic_shards['val']}"]
-
-
 def step_result(devices: int, shard_dir: str, out: Path) -> dict:
     result = subprocess.run(
         [sys.executable, str(SCRIPTS / "ddp_step.py"), str(devices), shard_dir, str(out)],

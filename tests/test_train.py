@@ -29,11 +29,6 @@ def train(*overrides: str, cwd=None) -> subprocess.CompletedProcess:
     )
 
 
-@pytest.fixture(scope="module")
-def shards(synthetic_shards):
-    return [f"data.train={synthetic_shards['train']}", f"data.val={synthetic_shards['val']}"]
-
-
 def test_train_writes_checkpoint_export_metrics_and_resumes(tmp_path, shards):
     engine = tmp_path / "engine"
     result = train(*FAST, *shards, f"engine_dir={engine}")
