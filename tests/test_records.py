@@ -14,6 +14,7 @@ from sam_engine.data.records import (
     decode_masks,
     encode_masks,
     make_annotations,
+    mask_areas,
     make_record,
     validate_record,
 )
@@ -198,3 +199,13 @@ def test_missing_keys_are_named(record, key):
 def test_non_object_record_is_refused():
     with pytest.raises(RecordError, match="record: expected an object, got list"):
         validate_record([])
+
+
+def test_annotations_of_more_than_255_masks():
+    """pycocotools' area() overflows a uint8 past 255 RLEs under numpy 2; we count them in chunks."""
+    masks = np.zeros((300, 8, 9), dtype=bool)
+    for i in range(300):
+        masks[i, : 1 + i % 8, : 1 + i % 9] = True
+    annotations = make_annotations(masks)
+    assert [a["area"] for a in annotations] == [(1 + i % 8) * (1 + i % 9) for i in range(300)]
+    assert mask_areas([a["segmentation"] for a in annotations]).tolist() == [a["area"] for a in annotations]

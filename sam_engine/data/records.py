@@ -39,8 +39,9 @@ class RecordError(ValueError):
 # ---------------------------------------------------------------------------------------------------------
 
 
-def _encode_rles(masks: np.ndarray) -> list[dict]:
-    """(N, H, W) masks -> pycocotools RLE dicts (``counts`` as bytes), one pycocotools call."""
+def encode_rles(masks: np.ndarray) -> list[dict]:
+    """(N, H, W) masks -> pycocotools RLE dicts (``counts`` as bytes, what pycocotools' functions take),
+    one pycocotools call."""
     masks = np.asarray(masks)
     if masks.ndim != 3:
         raise ValueError(f"masks must be (N, H, W), got shape {masks.shape}")
@@ -61,7 +62,7 @@ def encode_masks(masks: np.ndarray) -> list[dict]:
     Returns:
         N dicts ``{"size": [H, W], "counts": str}`` (``counts`` is the ASCII RLE string, JSON-ready).
     """
-    return _as_str_counts(_encode_rles(masks))
+    return _as_str_counts(encode_rles(masks))
 
 
 def decode_masks(segmentations: list[Mapping], size: tuple[int, int] | None = None) -> np.ndarray:
@@ -87,11 +88,18 @@ def decode_masks(segmentations: list[Mapping], size: tuple[int, int] | None = No
     return decoded.transpose(2, 0, 1).view(bool)
 
 
+_PYCOCOTOOLS_AREA_CHUNK = 255
+"""pycocotools' ``area`` sizes an array by the RLE count as uint8: under numpy 2 it overflows past 255."""
+
+
 def mask_areas(segmentations: list[Mapping]) -> np.ndarray:
-    """Foreground pixels of each RLE, counted on the RLE itself (no decoding). Returns: N int."""
-    if not segmentations:
-        return np.zeros(0, dtype=np.int64)
-    return mask_utils.area(list(segmentations)).astype(np.int64)
+    """Foreground pixels of each RLE, counted on the RLE itself (no decoding). Returns: N int64."""
+    segmentations = list(segmentations)
+    chunks = [
+        mask_utils.area(segmentations[i : i + _PYCOCOTOOLS_AREA_CHUNK])
+        for i in range(0, len(segmentations), _PYCOCOTOOLS_AREA_CHUNK)
+    ]
+    return np.concatenate(chunks).astype(np.int64) if chunks else np.zeros(0, dtype=np.int64)
 
 
 def _median_points(masks: np.ndarray) -> np.ndarray:
@@ -222,18 +230,51 @@ def make_annotations(
     crop_box=None,
     provenance: Mapping | None = None,
 ) -> list[dict]:
-    """Build SA-1B annotation dicts for N masks of one image.
-
-    ``segmentation``, ``bbox`` and ``area`` come from pycocotools (one bulk call each). The other SA-1B
-    fields default to what a human (seed or manual) mask means: ``predicted_iou`` = 1.0,
-    ``stability_score`` = 1.0, ``crop_box`` = the whole image, and ``point_coords`` = one pixel on
-    the mask (its median foreground pixel in raster order).
+    """Build SA-1B annotation dicts for N masks of one image (see :func:`annotations_from_rles`).
 
     Arguments:
         masks: N x H x W bool.
+        point_coords: N x 2 (x, y); by default one pixel on each mask (its median foreground pixel in
+            raster order), what a human (seed or manual) mask means.
+        Others: as :func:`annotations_from_rles`.
+    Returns:
+        N annotation dicts holding only JSON types.
+    """
+    masks = np.asarray(masks, dtype=bool)
+    if point_coords is None and len(masks):
+        point_coords = _median_points(masks)
+    return annotations_from_rles(
+        encode_rles(masks),
+        start_id=start_id,
+        predicted_iou=predicted_iou,
+        stability_score=stability_score,
+        point_coords=point_coords,
+        crop_box=crop_box,
+        provenance=provenance,
+    )
+
+
+def annotations_from_rles(
+    rles: list[dict],
+    *,
+    start_id: int = 0,
+    predicted_iou=None,
+    stability_score=None,
+    point_coords=None,
+    crop_box=None,
+    provenance: Mapping | None = None,
+) -> list[dict]:
+    """Build SA-1B annotation dicts for N masks of one image, given as pycocotools RLEs.
+
+    ``segmentation`` is the RLE with ``counts`` as an ASCII string; ``bbox`` and ``area`` come from
+    pycocotools (one bulk call each). The other SA-1B fields default to what a human (seed or manual)
+    mask means: ``predicted_iou`` = 1.0, ``stability_score`` = 1.0, ``crop_box`` = the whole image.
+
+    Arguments:
+        rles: N pycocotools RLE dicts (``counts`` bytes or str) of one image size.
         start_id: id of the first annotation; the others follow consecutively.
         predicted_iou, stability_score: N floats (or one, for all).
-        point_coords: N x 2 (x, y) pixel coordinates, stored as ``[[x, y]]`` as in SA-1B.
+        point_coords: N x 2 (x, y) pixel coordinates (required), stored as ``[[x, y]]`` as in SA-1B.
         crop_box: 4 or N x 4, XYWH.
         provenance: subset of ``source`` (seed|manual|auto), ``stage`` (int), ``clicks`` (int),
             ``seconds`` (float), ``model`` (str); a scalar applies to every mask, a length-N list
@@ -241,18 +282,19 @@ def make_annotations(
     Returns:
         N annotation dicts holding only JSON types.
     """
-    masks = np.asarray(masks, dtype=bool)
-    rles = _encode_rles(masks)
     n = len(rles)
     if n == 0:
         return []
-    height, width = masks.shape[1:]
-    areas = mask_utils.area(rles).tolist()
+    rles = [{"size": r["size"], "counts": r["counts"] if isinstance(r["counts"], bytes) else r["counts"].encode()}
+            for r in rles]
+    height, width = rles[0]["size"]
+    areas = mask_areas(rles).tolist()
     boxes = mask_utils.toBbox(rles).tolist()
     ious = _per_mask(predicted_iou, n, 1, 1.0, "predicted_iou")[:, 0].tolist()
     stabilities = _per_mask(stability_score, n, 1, 1.0, "stability_score")[:, 0].tolist()
-    points = point_coords if point_coords is not None else _median_points(masks)
-    points = _per_mask(points, n, 2, None, "point_coords").tolist()
+    if point_coords is None:
+        raise ValueError("point_coords is required: the prompt point of each mask")
+    points = _per_mask(point_coords, n, 2, None, "point_coords").tolist()
     crops = _per_mask(crop_box, n, 4, [0, 0, width, height], "crop_box").tolist()
     extras = _provenance_rows(provenance, n)
     return [

@@ -28,7 +28,7 @@ from pycocotools import mask as mask_utils
 from webdataset.gopen import gopen
 
 from sam_engine.data.importing import SkipSample, check_rle
-from sam_engine.data.records import RecordError, decode_masks, validate_record
+from sam_engine.data.records import RecordError, decode_masks, mask_areas, validate_record
 from sam_engine.data.shards import list_shards
 
 log = logging.getLogger(__name__)
@@ -130,7 +130,7 @@ class DatasetStats:
         if not count:
             return
         segmentations = [a["segmentation"] for a in annotations]
-        nonempty = mask_utils.area(segmentations) > 0
+        nonempty = mask_areas(segmentations) > 0
         self.empty_masks += int((~nonempty).sum())
         segmentations = [s for s, ok in zip(segmentations, nonempty, strict=True) if ok]
         if not segmentations:
