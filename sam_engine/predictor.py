@@ -202,6 +202,26 @@ class SamPredictor:
         Returns:
             masks: B x C x H x W (bool, or float32 logits); scores: B x C; low_res_logits: B x C x 4h x 4w.
         """
+        low_res, scores = self.predict_low_res_torch(point_coords, point_labels, boxes, mask_input, multimask_output)
+        masks = self.upscale_masks(low_res)
+        if not return_logits:
+            masks = masks > self.model.mask_threshold
+        return masks, scores, low_res
+
+    @torch.no_grad()
+    def predict_low_res_torch(
+        self,
+        point_coords: torch.Tensor | None,
+        point_labels: torch.Tensor | None,
+        boxes: torch.Tensor | None = None,
+        mask_input: torch.Tensor | None = None,
+        multimask_output: bool = True,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The decoder's output before up-sampling (arguments as ``predict_torch``).
+
+        Returns:
+            low_res_logits: B x C x 4h x 4w float32; scores: B x C float32 (predicted IoU).
+        """
         self._require_image()
         if point_coords is None and boxes is None and mask_input is None:
             raise ValueError("no prompt given: pass point_coords/point_labels, boxes, or mask_input")
@@ -212,11 +232,12 @@ class SamPredictor:
             low_res, scores = self.model.predict_masks(
                 self.features, points=points, boxes=boxes, mask_inputs=mask_input, multimask_output=multimask_output
             )
-        low_res = low_res.float()
-        masks = self.model.postprocess_masks(low_res, self.input_size, self.original_size)
-        if not return_logits:
-            masks = masks > self.model.mask_threshold
-        return masks, scores.float(), low_res
+        return low_res.float(), scores.float()
+
+    def upscale_masks(self, low_res_logits: torch.Tensor) -> torch.Tensor:
+        """Low-res logits (B x C x 4h x 4w) -> logits at the current image's size, B x C x H x W float32."""
+        self._require_image()
+        return self.model.postprocess_masks(low_res_logits, self.input_size, self.original_size)
 
     def get_image_embedding(self) -> torch.Tensor:
         """The current image's embedding: 1 x C x h x w (C = 256, h = w = 64 for the released models)."""
