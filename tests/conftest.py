@@ -26,3 +26,14 @@ def synthetic_shards(tmp_path_factory):
 def shards(synthetic_shards):
     """Hydra overrides that point training at ``synthetic_shards``."""
     return [f"data.train={synthetic_shards['train']}", f"data.val={synthetic_shards['val']}"]
+
+
+@pytest.fixture(scope="session")
+def disk_export(tmp_path_factory):
+    """Export directory of the tiny model trained to answer clicks with disks (model_helpers.train_disk_model):
+    a model whose automatic masks are many, distinct and localised."""
+    from model_helpers import train_disk_model
+
+    from sam_engine.model import export_sam
+
+    return export_sam(train_disk_model(), tmp_path_factory.mktemp("disk_model") / "export")

@@ -1,0 +1,123 @@
+"""The automatic mask generator against the official SamAutomaticMaskGenerator on identical weights."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from model_helpers import photograph
+from pycocotools import mask as mask_utils
+from segment_anything import SamAutomaticMaskGenerator as OfficialGenerator
+from segment_anything.utils import amg as official_amg
+
+from sam_engine.amg import SamAutomaticMaskGenerator
+from sam_engine.amg.grids import crop_boxes, layer_point_grids
+from sam_engine.amg.mask_ops import masks_to_boxes, near_crop_edge, stability_scores
+from sam_engine.data.records import make_record, validate_record
+from sam_engine.model import load_export
+from sam_engine.model.official import official_twin
+
+# The disk model's predicted IoUs lie in about 0.75-0.95 and its stabilities in 0.3-0.75 (below SAM's 0.95): these
+# thresholds let a few dozen masks through and still reject many.
+THRESHOLDS = dict(pred_iou_thresh=0.88, stability_score_thresh=0.6)
+
+
+@pytest.fixture(scope="module")
+def models(disk_export):
+    ours = load_export(disk_export)
+    return ours, official_twin(ours)
+
+
+def match(ours: list[dict], official: list[dict]) -> np.ndarray:
+    """For each official mask, the index of our mask with the highest IoU; asserts IoU >= 0.99, one-to-one."""
+    assert len(ours) == len(official)
+    ious = mask_utils.iou([a["segmentation"] for a in ours], [a["segmentation"] for a in official], [0] * len(official))
+    best = ious.argmax(axis=0)
+    assert ious[best, np.arange(len(official))].min() >= 0.99
+    assert sorted(best.tolist()) == list(range(len(ours))), "two official masks matched the same mask of ours"
+    return best
+
+
+@pytest.mark.parametrize(
+    ("crop_n_layers", "min_mask_region_area"),
+    [(0, 0), (1, 0), (0, 400), (1, 400)],
+)
+def test_same_masks_as_the_official_generator(models, crop_n_layers, min_mask_region_area):
+    ours_model, official_model = models
+    image = photograph()
+    options = dict(THRESHOLDS, crop_n_layers=crop_n_layers, min_mask_region_area=min_mask_region_area)
+    if crop_n_layers:
+        options["points_per_side"] = 16
+    ours = SamAutomaticMaskGenerator(ours_model, **options).generate(image)
+    official = OfficialGenerator(official_model, output_mode="coco_rle", **options).generate(image)
+
+    assert len(official) >= 20, "too few masks for a meaningful comparison"
+    best = match(ours, official)
+    for ref, ann in zip(official, (ours[i] for i in best), strict=True):
+        assert ann["predicted_iou"] == pytest.approx(ref["predicted_iou"], abs=1e-3)
+        assert ann["stability_score"] == pytest.approx(ref["stability_score"], abs=1e-3)
+        assert ann["point_coords"][0] == pytest.approx(ref["point_coords"][0])
+        assert ann["crop_box"] == ref["crop_box"]
+        assert ann["area"] == pytest.approx(ref["area"], rel=0.01)
+        # The official bbox is the inclusive pixel box; ours is COCO's (toBbox), one pixel wider and taller.
+        x, y, w, h = ref["bbox"]
+        assert ann["bbox"] == pytest.approx([x, y, w + 1, h + 1], abs=1)
+    validate_record(make_record("grace", image.shape[1], image.shape[0], "grace.jpg", ours))
+    if crop_n_layers:
+        assert len({tuple(a["crop_box"]) for a in ours}) > 1, "crops contributed no mask"
+
+
+def test_nothing_passing_gives_an_empty_list(models):
+    generator = SamAutomaticMaskGenerator(models[0], points_per_side=8, pred_iou_thresh=0.999, crop_n_layers=1)
+    assert generator.generate(photograph()) == []
+
+
+@pytest.mark.parametrize("shape", [(1, 1, 3), (1, 300, 3), (40, 30), (40, 30, 4)])
+def test_degenerate_and_unusual_images(models, shape):
+    """A 1 x 1 image, a 1-pixel-high strip, a grey and an RGBA image: valid (maybe empty) records."""
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 256, size=shape, dtype=np.uint8)
+    generator = SamAutomaticMaskGenerator(models[0], points_per_side=8, **THRESHOLDS)
+    annotations = generator.generate(image, provenance={"source": "auto", "stage": 3})
+    validate_record(make_record("x", shape[1], shape[0], "x.png", annotations))
+    assert all(a["source"] == "auto" and a["stage"] == 3 for a in annotations)
+
+
+@pytest.mark.parametrize(
+    "options",
+    [dict(points_per_side=0), dict(pred_iou_thresh=1.5), dict(crop_n_layers=-1), dict(min_mask_region_area=2.5),
+     dict(points_per_side=4, crop_n_layers=3, crop_n_points_downscale_factor=2)],
+)
+def test_bad_options_are_refused(models, options):
+    with pytest.raises(ValueError, match=next(iter(options)) if len(options) == 1 else "points"):
+        SamAutomaticMaskGenerator(models[0], **options)
+
+
+# --- the building blocks, against the official functions --------------------------------------------------
+
+
+@pytest.mark.parametrize("size", [(600, 512), (1, 1), (37, 1500), (1024, 1024)])
+@pytest.mark.parametrize("layers", [0, 1, 2])
+def test_grids_and_crops_equal_the_official(size, layers):
+    boxes, layer_of = crop_boxes(size, layers, 512 / 1500)
+    ref_boxes, ref_layers = official_amg.generate_crop_boxes(size, layers, 512 / 1500)
+    assert boxes == ref_boxes and layer_of == ref_layers
+    for ours, ref in zip(layer_point_grids(32, layers, 2), official_amg.build_all_layer_point_grids(32, layers, 2),
+                         strict=True):
+        np.testing.assert_array_equal(ours, ref)
+
+
+def test_mask_operations_equal_the_official():
+    generator = torch.Generator().manual_seed(0)
+    logits = torch.randn(20, 1, 9, 7, generator=generator)
+    logits = torch.nn.functional.interpolate(logits, (90, 70), mode="bilinear")[:, 0] * 3
+    logits[3] = -5  # an empty mask
+    torch.testing.assert_close(
+        stability_scores(logits, 0.0, 1.0), official_amg.calculate_stability_score(logits, 0.0, 1.0), equal_nan=True
+    )
+    masks = logits > 0
+    boxes = masks_to_boxes(masks)
+    assert torch.equal(boxes, official_amg.batched_mask_to_box(masks))
+    assert boxes[3].tolist() == [0, 0, 0, 0]
+    crop, image = [10, 20, 80, 110], [0, 0, 200, 300]
+    assert torch.equal(near_crop_edge(boxes, crop, image), official_amg.is_box_near_crop_edge(boxes, crop, image))
