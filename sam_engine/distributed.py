@@ -5,6 +5,10 @@
 counts that are not positive integers. :func:`claim_run_dir` keys a run directory on the SLURM job id:
 a requeued job (same id) finds and resumes its checkpoint, another job is refused before it can
 overwrite the first one's checkpoints.
+
+``trainer=fsdp`` (fully sharded data parallel) uses :class:`SamFSDPStrategy`, which wraps each
+transformer block of the image encoder (:func:`encoder_block_classes`) as one FSDP unit;
+:func:`gather_full_model` puts the sharded weights back together on rank 0 for the export.
 """
 
 from __future__ import annotations
@@ -13,6 +17,11 @@ import json
 import os
 from collections.abc import Mapping
 from pathlib import Path
+
+import torch
+from lightning.pytorch.strategies import FSDPStrategy
+
+from sam_engine.model import Sam, build_sam
 
 SLURM_ALLOCATION = ("SLURM_JOB_ID", "SLURM_NNODES", "SLURM_NTASKS_PER_NODE")
 OWNER_FILE = "slurm_job.json"
@@ -63,3 +72,57 @@ def claim_run_dir(run_dir: Path, job_id: str, rank: int) -> None:
         tmp = owner_path.with_suffix(".tmp")
         tmp.write_text(json.dumps({"job_id": job_id}) + "\n", encoding="utf-8")
         tmp.replace(owner_path)
+
+
+def encoder_block_classes() -> set[type[torch.nn.Module]]:
+    """The module classes FSDP wraps (and checkpoints) one by one: the image encoder's transformer blocks.
+
+    For ``FSDPStrategy(auto_wrap_policy=..., activation_checkpointing_policy=...)`` (``trainer=fsdp``): each
+    block becomes one FSDP unit, whose weights are gathered just before it runs and freed after.
+    """
+    from timm.models.vision_transformer_sam import Block
+
+    return {Block}
+
+
+class SamFSDPStrategy(FSDPStrategy):
+    """Lightning's FSDPStrategy, for ``InteractiveSamModule`` and for train.py's validate, fit, validate.
+
+    Two changes. ``training_step`` is called as it is, not as the forward of the root FSDP module: it runs
+    the backward pass and the optimiser step (manual optimisation), which FSDP1 does not allow inside a
+    forward (Lightning issue #19685); the module sends the batch through the root module itself. And the
+    module is wrapped once: Lightning wraps it in place (its encoder blocks become FSDP units) and, handed
+    it again, takes it for wrapped already and leaves the rest (patch embedding, neck, prompt encoder,
+    decoder) as the first call left it, flat shards (Lightning issue #19015); here every later call gets
+    the root FSDP module of the first.
+    """
+
+    _root: torch.nn.Module | None = None
+
+    def _setup_model(self, model: torch.nn.Module) -> torch.nn.Module:
+        if self._root is None or self._root.module is not model:
+            self._root = super()._setup_model(model)
+        return self._root
+
+    def training_step(self, *args, **kwargs):
+        with self.precision_plugin.train_step_context():
+            return self.lightning_module.training_step(*args, **kwargs)
+
+
+def gather_full_model(strategy: FSDPStrategy, model: Sam) -> Sam | None:
+    """A plain copy of ``model`` (a part of the module ``strategy`` holds in FSDP shards) with its full weights.
+
+    Every rank must call it (the weights are gathered with collectives); the copy is built on the CPU of
+    global rank 0, the other ranks get None.
+    """
+    from torch.distributed.fsdp import FullStateDictConfig, FullyShardedDataParallel, StateDictType
+
+    full = FullStateDictConfig(offload_to_cpu=True, rank0_only=True)
+    with FullyShardedDataParallel.state_dict_type(strategy.model, StateDictType.FULL_STATE_DICT, full):
+        state = strategy.model.state_dict()
+    if strategy.global_rank != 0:
+        return None
+    prefix = next(f"{name}." for name, sub in strategy.lightning_module.named_modules() if sub is model)
+    copy = build_sam(model.config)
+    copy.load_state_dict({key.removeprefix(prefix): value for key, value in state.items() if key.startswith(prefix)})
+    return copy

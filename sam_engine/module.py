@@ -10,20 +10,28 @@ Validation logs ``val/miou_1pt`` (one click at the point farthest from the bound
 by predicted IoU) and ``val/miou_1pt_oracle`` (best of the three), ``val/miou_box``, ``val/miou_5pt``
 (clicks at the centre of the largest error region), ``val/noc90`` (clicks to reach IoU 0.9, capped at
 ``eval_max_clicks``) and ``val/iou_mae`` (the IoU head's mean absolute error on the first click).
+
+Under FSDP (``trainer=fsdp``, ``sam_engine.distributed.SamFSDPStrategy``) Lightning does not run
+``training_step`` as the forward of the root FSDP module, as it otherwise would: FSDP1 allows no backward
+pass inside a forward (Lightning issue #19685). ``training_step`` sends the batch through the root module
+(``forward``), then runs the backward pass and the step.
 """
 
 from __future__ import annotations
 
 import logging
 import zlib
+from contextlib import nullcontext
 from dataclasses import replace
 
 import torch
 from lightning.pytorch import LightningModule
+from lightning.pytorch.strategies import FSDPStrategy
+from torch.distributed.fsdp import FullyShardedDataParallel
 from torchmetrics import MeanMetric
 
 from sam_engine.data.loader import Batch
-from sam_engine.interactive import SimulationConfig, evaluate_interactive, simulate_training
+from sam_engine.interactive import SimulationConfig, TrainingLoss, evaluate_interactive, simulate_training
 from sam_engine.metrics import clicks_to_reach
 from sam_engine.model import Sam
 from sam_engine.optim import OptimConfig, build_optimizer
@@ -85,8 +93,17 @@ class InteractiveSamModule(LightningModule):
         model.image_encoder.set_grad_checkpointing(grad_checkpointing)
         self.val_metrics = torch.nn.ModuleDict({name: MeanMetric() for name in VAL_METRICS})
 
+    def _fsdp_root(self) -> torch.nn.Module | None:
+        """The root FSDP module that holds this module's weights in shards, or None (not FSDP)."""
+        strategy = self.trainer.strategy
+        return strategy.model if isinstance(strategy, FSDPStrategy) else None
+
     def configure_optimizers(self):
-        optimizer, scheduler = build_optimizer(self.model, self.optim)
+        # Under FSDP the parameters are flat shards until a forward pass gathers them; their full shapes
+        # (which decide the weight decay) are back inside summon_full_params, with the same Parameter objects.
+        root = self._fsdp_root()
+        with nullcontext() if root is None else FullyShardedDataParallel.summon_full_params(root, writeback=False):
+            optimizer, scheduler = build_optimizer(self.model, self.optim)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     def _generator(self) -> torch.Generator:
@@ -97,9 +114,15 @@ class InteractiveSamModule(LightningModule):
     def _global_sum(self, value: torch.Tensor) -> torch.Tensor:
         return self.trainer.strategy.reduce(value.float(), reduce_op="sum")
 
-    def _all_parameters_term(self) -> torch.Tensor:
+    def _all_parameters_term(self) -> torch.Tensor | float:
         """0 x the sum of every trainable parameter: every parameter gets a (zero) gradient, so DDP
-        never waits for one a step did not use (e.g. the multimask tokens in an all-box batch)."""
+        never waits for one a step did not use (e.g. the multimask tokens in an all-box batch).
+
+        0 under FSDP, which needs no such term (it reduces whole flat parameters, the unused parts as zeros)
+        and where the parameters of a block outside its forward are flat shards, not the weights.
+        """
+        if self._fsdp_root() is not None:
+            return 0.0
         return 0.0 * sum(p.sum() for p in self.model.parameters() if p.requires_grad)
 
     @staticmethod
@@ -108,14 +131,24 @@ class InteractiveSamModule(LightningModule):
         image_index, mask_index = batch.mask_valid.nonzero(as_tuple=True)
         return image_index, batch.masks[image_index, mask_index]
 
-    def training_step(self, batch: Batch, batch_idx: int) -> None:
-        optimizer = self.optimizers()
-        scheduler = self.lr_schedulers()
+    def forward(self, batch: Batch) -> TrainingLoss:
+        """The loss terms of a training batch: its images encoded once, its masks through the simulation.
+
+        ``total`` includes 0 x the image embeddings: every FSDP unit (the encoder blocks, the root) takes
+        part in the backward pass on every rank, also on one whose batch has no usable mask.
+        """
         image_index, gt_masks = self._masks_of(batch)
         embeddings = self.model.encode_images(batch.image)
         result = simulate_training(
             self.model, embeddings, image_index, gt_masks, self._simulation_now(), self._generator()
         )
+        return result._replace(total=result.total + 0.0 * embeddings.sum())
+
+    def training_step(self, batch: Batch, batch_idx: int) -> None:
+        optimizer = self.optimizers()
+        scheduler = self.lr_schedulers()
+        root = self._fsdp_root()
+        result = self(batch) if root is None else root(batch)
         global_masks = self._global_sum(result.num_masks)
         normaliser = (global_masks / self.trainer.world_size).clamp(min=1.0)
         loss = result.total / normaliser + self._all_parameters_term()
@@ -126,7 +159,7 @@ class InteractiveSamModule(LightningModule):
             optimizer.zero_grad(set_to_none=True)
             self.manual_backward(loss)
             if self.gradient_clip_norm is not None:
-                self.clip_gradients(optimizer, self.gradient_clip_norm, gradient_clip_algorithm="norm")
+                self._clip_gradient_norm(optimizer)
             optimizer.step()
             scheduler.step()
         else:
@@ -142,6 +175,18 @@ class InteractiveSamModule(LightningModule):
         self.log("train/skipped_steps", float(self.skipped_steps), batch_size=size)
         self.log("train/lr", optimizer.param_groups[-1]["lr"], batch_size=size)
         self.log("data/bad_samples", float(batch.num_bad), batch_size=size, reduce_fx="sum", sync_dist=True)
+
+    def _clip_gradient_norm(self, optimizer) -> None:
+        """Scale the gradients so that their global norm is at most ``gradient_clip_norm``.
+
+        Under FSDP each rank holds a shard of the gradients: only the root FSDP module can compute their
+        global norm (Lightning's FSDP precision plugin refuses ``clip_gradients(..., "norm")`` for that reason).
+        """
+        root = self._fsdp_root()
+        if root is None:
+            self.clip_gradients(optimizer, self.gradient_clip_norm, gradient_clip_algorithm="norm")
+        else:
+            root.clip_grad_norm_(self.gradient_clip_norm)
 
     def _simulation_now(self) -> SimulationConfig:
         """The simulation of this step: the initial prompt alone during the prompt warm-up."""

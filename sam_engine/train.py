@@ -17,11 +17,12 @@ import hydra
 from hydra.utils import instantiate
 from lightning.pytorch import seed_everything
 from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.strategies import FSDPStrategy
 from omegaconf import DictConfig, OmegaConf
 
 from sam_engine.cli import alias_stage_numbers
 from sam_engine.data.shards import MANIFEST
-from sam_engine.distributed import check_slurm_allocation, claim_run_dir, uses_slurm
+from sam_engine.distributed import check_slurm_allocation, claim_run_dir, gather_full_model, uses_slurm
 from sam_engine.interactive import SimulationConfig
 from sam_engine.model import Sam, build_sam, export_sam, load_export
 from sam_engine.model.build import load_timm_encoder
@@ -115,8 +116,11 @@ def main(cfg: DictConfig) -> dict:
     metrics["final"] = val_metrics(trainer.validate(module, datamodule=datamodule, verbose=False))
     metrics.update(steps=trainer.global_step, skipped_steps=module.skipped_steps)
 
+    model = module.model
+    if isinstance(trainer.strategy, FSDPStrategy):  # the module holds shards; every rank helps gather them
+        model = gather_full_model(trainer.strategy, module.model)
     if trainer.is_global_zero:
-        export_sam(module.model, run_dir / "export")
+        export_sam(model, run_dir / "export")
         (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
         log.info("metrics: %s", json.dumps(metrics))
         log.info("export: %s", run_dir / "export")
