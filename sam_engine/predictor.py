@@ -234,6 +234,25 @@ class SamPredictor:
             )
         return low_res.float(), scores.float()
 
+    @torch.no_grad()
+    def predict_confident_masks(
+        self, point_coords: torch.Tensor, point_labels: torch.Tensor, min_iou: float
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The multimask outputs of B point prompts whose predicted IoU exceeds ``min_iou``, low-res
+        (``Sam.predict_confident_masks``: only those prompts' masks are computed).
+
+        Arguments:
+            point_coords: B x N x 2 in the model input frame; point_labels: B x N.
+        Returns:
+            prompt, output: K int64; low_res_logits: K x 4h x 4w float32; iou_predictions: K float32.
+        """
+        self._require_image()
+        with self._autocast():
+            prompt, output, low_res, iou = self.model.predict_confident_masks(
+                self.features, (point_coords, point_labels), min_iou
+            )
+        return prompt, output, low_res.float(), iou.float()
+
     def upscale_masks(self, low_res_logits: torch.Tensor) -> torch.Tensor:
         """Low-res logits (B x C x 4h x 4w) -> logits at the current image's size, B x C x H x W float32."""
         self._require_image()

@@ -12,10 +12,12 @@ the two return the same masks on the same weights:
 4. optionally (``min_mask_region_area`` > 0) fill small holes, remove small islands, and NMS again
    preferring masks that needed no change.
 
-What differs is the cost: each batch of points is decoded at low resolution and filtered by predicted
-IoU *before* anything is up-sampled; only survivors are up-sampled (in chunks of bounded memory),
-cut, boxed and filtered on the device, then run-length encoded in one pycocotools call per batch.
-NMS works on boxes, so masks are uncropped and post-processed only once they have survived it.
+What differs is the cost: the image side of the decoder's first block is computed once per crop, not
+once per click; each batch of clicks is filtered by predicted IoU *before* any mask is computed (the
+decoder's up-scaling runs only for clicks with an output kept) and long before any is up-sampled to
+the image; survivors are up-sampled in chunks of bounded memory, cut, boxed and filtered on the device,
+then run-length encoded in one pycocotools call per batch. NMS works on boxes, so masks are uncropped
+and post-processed only once they have survived it.
 
 Records differ from the official output in one documented way: ``bbox`` is COCO's (``toBbox`` of the
 RLE, width = number of columns), where the official writes the inclusive pixel box (one less).
@@ -23,6 +25,7 @@ RLE, width = number of columns), where the official writes the inclusive pixel b
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -232,13 +235,10 @@ class SamAutomaticMaskGenerator:
         """
         device = self.model.device
         labels = torch.ones(len(model_points), 1, dtype=torch.int, device=device)
-        low_res, iou_preds = self.predictor.predict_low_res_torch(model_points[:, None], labels)
-        num_outputs = low_res.shape[1]
-        low_res, iou_preds = low_res.flatten(0, 1), iou_preds.flatten(0, 1)
-        point_rows = torch.arange(len(model_points), device=device).repeat_interleave(num_outputs)
-        if self.pred_iou_thresh > 0:
-            keep = iou_preds > self.pred_iou_thresh
-            low_res, iou_preds, point_rows = low_res[keep], iou_preds[keep], point_rows[keep]
+        min_iou = self.pred_iou_thresh if self.pred_iou_thresh > 0 else -math.inf  # 0: no filter, as SAM
+        point_rows, _, low_res, iou_preds = self.predictor.predict_confident_masks(
+            model_points[:, None], labels, min_iou
+        )
 
         height, width = self.predictor.original_size
         size = self.model.img_size

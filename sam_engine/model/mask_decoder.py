@@ -92,6 +92,23 @@ class MaskDecoder(nn.Module):
         dense_prompt_embeddings: torch.Tensor,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """All 1 + num_multimask_outputs outputs: B x 4 x 4h x 4w logits and B x 4 IoU predictions."""
+        tokens, image = self.run_transformer(image_embeddings, image_pe, sparse_prompt_embeddings,
+                                             dense_prompt_embeddings)
+        return self.predict_mask_logits(tokens, image), self.predict_iou(tokens)
+
+    def run_transformer(
+        self,
+        image_embeddings: torch.Tensor,
+        image_pe: torch.Tensor,
+        sparse_prompt_embeddings: torch.Tensor,
+        dense_prompt_embeddings: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The two-way transformer over the output tokens, the prompts and the image (arguments as ``forward``;
+        dense_prompt_embeddings may be 1 x C x h x w, shared).
+
+        Returns:
+            tokens: B x (1 + 4 + T) x C (IoU token, mask tokens, prompt tokens); image: B x C x h x w.
+        """
         batch = sparse_prompt_embeddings.shape[0]
         if image_embeddings.shape[0] not in (1, batch):
             raise ValueError(
@@ -99,17 +116,21 @@ class MaskDecoder(nn.Module):
             )
         output_tokens = torch.cat([self.iou_token.weight, self.mask_tokens.weight], dim=0)
         tokens = torch.cat([output_tokens.expand(batch, -1, -1), sparse_prompt_embeddings], dim=1)
+        src = image_embeddings + dense_prompt_embeddings  # batch 1 when both are shared by every prompt
+        _, c, h, w = src.shape
+        tokens, image = self.transformer(src, image_pe, tokens)
+        return tokens, image.transpose(1, 2).reshape(batch, c, h, w)
 
-        src = image_embeddings + dense_prompt_embeddings  # broadcasts a shared embedding over prompts
-        b, c, h, w = src.shape
-        hs, src = self.transformer(src, image_pe, tokens)
-        iou_token_out = hs[:, 0]
-        mask_tokens_out = hs[:, 1 : 1 + self.num_mask_tokens]
+    def predict_iou(self, tokens: torch.Tensor) -> torch.Tensor:
+        """B x 4 IoU predictions of the four outputs, from ``run_transformer``'s tokens."""
+        return self.iou_prediction_head(tokens[:, 0])
 
-        upscaled = self.output_upscaling(src.transpose(1, 2).reshape(b, c, h, w))
+    def predict_mask_logits(self, tokens: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
+        """B x 4 x 4h x 4w mask logits of the four outputs, from ``run_transformer``'s tokens and image."""
+        upscaled = self.output_upscaling(image)
+        mask_tokens = tokens[:, 1 : 1 + self.num_mask_tokens]
         hyper_in = torch.stack(
-            [mlp(mask_tokens_out[:, i]) for i, mlp in enumerate(self.output_hypernetworks_mlps)], dim=1
+            [mlp(mask_tokens[:, i]) for i, mlp in enumerate(self.output_hypernetworks_mlps)], dim=1
         )  # B x 4 x C/8: one fixed loop over the four output tokens
         b, c8, h4, w4 = upscaled.shape
-        masks = (hyper_in @ upscaled.view(b, c8, h4 * w4)).view(b, -1, h4, w4)
-        return masks, self.iou_prediction_head(iou_token_out)
+        return (hyper_in @ upscaled.view(b, c8, h4 * w4)).view(b, hyper_in.shape[1], h4, w4)

@@ -139,7 +139,7 @@ class PromptEncoder(nn.Module):
             masks: B x 1 x 4h x 4w mask logits, or None.
         Returns:
             sparse: B x T x C, T = N (+1 padding point when there is no box) (+2 box corners).
-            dense: B x C x h x w.
+            dense: B x C x h x w; 1 x C x h x w (shared by every prompt) when no mask is given.
         """
         batch = next((t.shape[0] for t in (points and points[0], boxes, masks) if t is not None), 1)
         device = self.no_mask_embed.weight.device
@@ -159,5 +159,5 @@ class PromptEncoder(nn.Module):
             dense_embeddings = self.embed_masks(masks)
         else:
             h, w = self.image_embedding_size
-            dense_embeddings = self.no_mask_embed.weight.reshape(1, -1, 1, 1).expand(batch, -1, h, w)
+            dense_embeddings = self.no_mask_embed.weight.reshape(1, -1, 1, 1).expand(1, -1, h, w)
         return sparse_embeddings, dense_embeddings

@@ -96,6 +96,29 @@ class Sam(nn.Module):
             multimask_output=multimask_output,
         )
 
+    def predict_confident_masks(
+        self, image_embeddings: torch.Tensor, points: tuple[torch.Tensor, torch.Tensor], min_iou: float
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The multimask outputs of B point prompts whose predicted IoU exceeds ``min_iou``.
+
+        Equal to ``predict_masks(..., multimask_output=True)`` followed by the IoU filter, but the masks
+        (the decoder's up-scaling, its costliest part) are computed only for prompts with an output kept.
+
+        Arguments:
+            image_embeddings: 1 x C x h x w. points: (B x N x 2, B x N) in the model input frame.
+        Returns:
+            prompt, output: K int64, which prompt and which of its 3 outputs (in that order: prompt-major);
+            low_res_logits: K x 4h x 4w; iou_predictions: K.
+        """
+        sparse, dense = self.prompt_encoder(points=points, boxes=None, masks=None)
+        decoder = self.mask_decoder
+        tokens, image = decoder.run_transformer(image_embeddings, self.prompt_encoder.get_dense_pe(), sparse, dense)
+        iou = decoder.predict_iou(tokens)[:, 1:]
+        prompt, output = (iou > min_iou).nonzero(as_tuple=True)
+        rows, inverse = prompt.unique(return_inverse=True)
+        logits = decoder.predict_mask_logits(tokens[rows], image[rows])  # R x 4 x 4h x 4w
+        return prompt, output, logits[inverse, output + 1], iou[prompt, output]
+
     def postprocess_masks(
         self, masks: torch.Tensor, input_size: tuple[int, int], original_size: tuple[int, int]
     ) -> torch.Tensor:

@@ -42,11 +42,15 @@ class Attention(nn.Module):
         return x.view(b, n, self.num_heads, d // self.num_heads).transpose(1, 2)
 
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        """q: B x Nq x C, k and v: B x Nk x C -> B x Nq x C."""
+        """q: B x Nq x C, k and v: B x Nk x C -> B x Nq x C.
+
+        Either side may have batch 1 where it is shared by every prompt (the image before the first
+        block): it is projected once and broadcast, not once per prompt.
+        """
+        q, k, v = (self._split_heads(proj(x)) for proj, x in ((self.q_proj, q), (self.k_proj, k), (self.v_proj, v)))
+        batch = max(q.shape[0], k.shape[0])
         out = F.scaled_dot_product_attention(
-            self._split_heads(self.q_proj(q)),
-            self._split_heads(self.k_proj(k)),
-            self._split_heads(self.v_proj(v)),
+            q.expand(batch, -1, -1, -1), k.expand(batch, -1, -1, -1), v.expand(batch, -1, -1, -1)
         )
         b, _, n, _ = out.shape
         return self.out_proj(out.transpose(1, 2).reshape(b, n, self.internal_dim))
@@ -81,7 +85,8 @@ class TwoWayAttentionBlock(nn.Module):
     def forward(
         self, queries: torch.Tensor, keys: torch.Tensor, query_pe: torch.Tensor, key_pe: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """queries: B x Nt x C tokens, keys: B x Ni x C image -> updated (queries, keys)."""
+        """queries: B x Nt x C tokens, keys: B x Ni x C image (or 1 x Ni x C, shared) -> updated
+        (queries, keys), both with batch B."""
         if self.skip_first_layer_pe:
             queries = self.self_attn(queries, queries, queries)
         else:
@@ -126,7 +131,8 @@ class TwoWayTransformer(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """
         Arguments:
-            image_embedding: B x C x h x w.
+            image_embedding: B x C x h x w, or 1 x C x h x w shared by the B prompts (the first block
+                then projects it once).
             image_pe: B x C x h x w (or 1 x C x h x w), its positional encoding.
             point_embedding: B x Nt x C, the output and prompt tokens.
         Returns:
