@@ -37,3 +37,13 @@ def disk_export(tmp_path_factory):
     from sam_engine.model import export_sam
 
     return export_sam(train_disk_model(), tmp_path_factory.mktemp("disk_model") / "export")
+
+
+@pytest.fixture(scope="session")
+def disk_thresholds(disk_export):
+    """AMG thresholds fitted to the disk model (model_helpers.amg_thresholds on the photograph): masks pass."""
+    from model_helpers import amg_thresholds, photograph
+
+    from sam_engine.model import load_export
+
+    return amg_thresholds(load_export(disk_export), photograph())

@@ -42,30 +42,39 @@ def photograph() -> np.ndarray:
         return np.array(image.convert("RGB"))
 
 
-def train_disk_model(steps: int = 200, seed: int = 0) -> Sam:
-    """The tiny model trained for a few seconds to answer a click with disks around it (radii 12, 24 and
-    40 px for the three multimask outputs) and to predict their IoU, whatever the image.
+def train_disk_model(variant: str = "tiny", steps: int = 200, seed: int = 0, clicks: int = 32) -> Sam:
+    """A model trained for a few seconds to answer a click with disks around it (radii 3/64, 6/64 and 10/64
+    of the image side for the three multimask outputs) and to predict their IoU, whatever the image.
 
     Random weights answer every click with the same image-wide blob, which no filter of the automatic mask
     generator lets through; this model gives many distinct, localised masks with varied scores, so the
-    generator's filters, NMS and crops all have work to do.
+    generator's filters, NMS and crops all have work to do. The tiny model trains whole; larger variants
+    train their prompt encoder and decoder only (their random encoder costs seconds per step on a CPU,
+    and the disks do not depend on the image).
     """
     torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(seed)
-    model = build_sam("tiny").train()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0)
+    model = build_sam(variant).train()
+    train_encoder = variant == "tiny"
+    parameters = model.parameters() if train_encoder else [
+        *model.prompt_encoder.parameters(), *model.mask_decoder.parameters()
+    ]
+    optimizer = torch.optim.AdamW(parameters, lr=1e-3, weight_decay=0)
     side = model.config.embedding_size * 4  # low-res mask side
     centres = torch.arange(side).float() + 0.5
-    radii = torch.tensor([3.0, 6.0, 10.0])  # in low-res pixels
+    radii = torch.tensor([3.0, 6.0, 10.0]) * side / 64  # in low-res pixels
     image = torch.zeros(1, 3, model.img_size, model.img_size)
+    with torch.set_grad_enabled(train_encoder):
+        embedding = model.encode_images(image)
     for _ in range(steps):
-        points = torch.rand(32, 1, 2, generator=generator) * model.img_size
+        points = torch.rand(clicks, 1, 2, generator=generator) * model.img_size
         low = points[:, 0] * side / model.img_size
-        dx2 = (centres[None, None, :] - low[:, 0, None, None]) ** 2  # 32 x 1 x side
-        dy2 = (centres[None, :, None] - low[:, 1, None, None]) ** 2  # 32 x side x 1
-        distance2 = dx2 + dy2
-        targets = distance2[:, None] <= radii[None, :, None, None] ** 2  # 32 x 3 x side x side
-        logits, iou_pred = model.predict_masks(model.encode_images(image), points=(points, torch.ones(32, 1)))
+        dx2 = (centres[None, None, :] - low[:, 0, None, None]) ** 2  # clicks x 1 x side
+        dy2 = (centres[None, :, None] - low[:, 1, None, None]) ** 2  # clicks x side x 1
+        targets = (dx2 + dy2)[:, None] <= radii[None, :, None, None] ** 2  # clicks x 3 x side x side
+        if train_encoder:
+            embedding = model.encode_images(image)
+        logits, iou_pred = model.predict_masks(embedding, points=(points, torch.ones(clicks, 1)))
         predicted = logits.detach() > 0
         iou = (predicted & targets).sum((2, 3)) / (predicted | targets).sum((2, 3)).clamp(min=1)
         loss = F.binary_cross_entropy_with_logits(logits, targets.float()) + F.mse_loss(iou_pred, iou)
@@ -73,3 +82,25 @@ def train_disk_model(steps: int = 200, seed: int = 0) -> Sam:
         loss.backward()
         optimizer.step()
     return model.eval()
+
+
+def amg_thresholds(model: Sam, image: np.ndarray, pass_fraction: float = 0.3) -> dict:
+    """``pred_iou_thresh`` and ``stability_score_thresh`` fitted to a model: about ``pass_fraction`` of its
+    masks on ``image`` (16 x 16 clicks) pass the IoU filter, and about half of those the stability filter.
+
+    A model trained for seconds (``train_disk_model``) lands on a different plateau with every change of
+    floating-point order; fixed thresholds would make tests that need masks depend on that luck.
+    """
+    from sam_engine.amg.grids import point_grid
+    from sam_engine.amg.mask_ops import stability_scores
+    from sam_engine.predictor import SamPredictor
+
+    predictor = SamPredictor(model, precision="fp32")
+    predictor.set_image(image)
+    points = point_grid(16) * np.array(image.shape[:2])[None, ::-1]
+    labels = torch.ones(len(points), 1, dtype=torch.int)
+    low_res, iou = predictor.predict_low_res_torch(predictor.transform_coords(points)[:, None], labels)
+    iou_thresh = float(torch.quantile(iou.flatten(), 1 - pass_fraction))
+    kept = low_res.flatten(0, 1)[iou.flatten() > iou_thresh]
+    stability = stability_scores(predictor.upscale_masks(kept[:, None])[:, 0], model.mask_threshold, 1.0)
+    return {"pred_iou_thresh": round(iou_thresh, 4), "stability_score_thresh": round(float(stability.nanmedian()), 4)}

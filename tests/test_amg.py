@@ -17,15 +17,17 @@ from sam_engine.data.records import make_record, validate_record
 from sam_engine.model import load_export
 from sam_engine.model.official import official_twin
 
-# The disk model's predicted IoUs lie in about 0.75-0.95 and its stabilities in 0.3-0.75 (below SAM's 0.95): these
-# thresholds let a few dozen masks through and still reject many.
-THRESHOLDS = dict(pred_iou_thresh=0.88, stability_score_thresh=0.6)
-
 
 @pytest.fixture(scope="module")
 def models(disk_export):
     ours = load_export(disk_export)
     return ours, official_twin(ours)
+
+
+@pytest.fixture(scope="module")
+def thresholds(disk_thresholds):
+    """Thresholds that let a few dozen of the disk model's masks through and still reject many."""
+    return disk_thresholds
 
 
 def match(ours: list[dict], official: list[dict]) -> np.ndarray:
@@ -42,10 +44,10 @@ def match(ours: list[dict], official: list[dict]) -> np.ndarray:
     ("crop_n_layers", "min_mask_region_area"),
     [(0, 0), (1, 0), (0, 400), (1, 400)],
 )
-def test_same_masks_as_the_official_generator(models, crop_n_layers, min_mask_region_area):
+def test_same_masks_as_the_official_generator(models, thresholds, crop_n_layers, min_mask_region_area):
     ours_model, official_model = models
     image = photograph()
-    options = dict(THRESHOLDS, crop_n_layers=crop_n_layers, min_mask_region_area=min_mask_region_area)
+    options = dict(thresholds, crop_n_layers=crop_n_layers, min_mask_region_area=min_mask_region_area)
     if crop_n_layers:
         options["points_per_side"] = 16
     ours = SamAutomaticMaskGenerator(ours_model, **options).generate(image)
@@ -73,11 +75,11 @@ def test_nothing_passing_gives_an_empty_list(models):
 
 
 @pytest.mark.parametrize("shape", [(1, 1, 3), (1, 300, 3), (40, 30), (40, 30, 4)])
-def test_degenerate_and_unusual_images(models, shape):
+def test_degenerate_and_unusual_images(models, thresholds, shape):
     """A 1 x 1 image, a 1-pixel-high strip, a grey and an RGBA image: valid (maybe empty) records."""
     rng = np.random.default_rng(0)
     image = rng.integers(0, 256, size=shape, dtype=np.uint8)
-    generator = SamAutomaticMaskGenerator(models[0], points_per_side=8, **THRESHOLDS)
+    generator = SamAutomaticMaskGenerator(models[0], points_per_side=8, **thresholds)
     annotations = generator.generate(image, provenance={"source": "auto", "stage": 3})
     validate_record(make_record("x", shape[1], shape[0], "x.png", annotations))
     assert all(a["source"] == "auto" and a["stage"] == 3 for a in annotations)

@@ -14,8 +14,8 @@ from sam_engine.data.records import (
     decode_masks,
     encode_masks,
     make_annotations,
-    mask_areas,
     make_record,
+    mask_areas,
     validate_record,
 )
 
