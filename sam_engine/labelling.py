@@ -18,6 +18,7 @@ Images whose short side exceeds ``max_short_side`` are resized to it first, as S
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import io
 import json
@@ -235,15 +236,23 @@ class Labeller:
         interval = 0.1 if sys.stderr.isatty() else 30.0
         with tqdm(desc="labelling", unit="img", disable=not progress, mininterval=interval) as bar:
             for shard in shards:
+                if shard.output_name not in done and (self.output / shard.output_name).is_file():
+                    # Published but not listed (killed between the rename and the manifest update): a
+                    # writer of its prefix adds it to the manifest.
+                    ShardWriter(self.output, prefix=shard.name)
+                    done.add(shard.output_name)
                 if shard.output_name in done:
                     summary.shards_already_done.append(shard.name)
                     continue
+                counts = summary.images, summary.masks, copy.deepcopy(summary.quality)
                 try:
                     self.label_shard(shard, summary, bar)
                     summary.shards_labelled.append(shard.name)
                 except UnreadableShard as exc:
                     log.warning("skipping unreadable input shard: %s", exc)
                     summary.unreadable_shards.append({"shard": shard.name, "reason": str(exc)})
+                    # Nothing of the shard was published: its images are not counted as labelled.
+                    summary.images, summary.masks, summary.quality = counts
                 summary.seconds = time.perf_counter() - start
                 write_summary(summary, self.output)
         return summary
@@ -266,16 +275,23 @@ class Labeller:
         try:
             image = decode_image(sample.data, source=sample.source)
         except ImageDecodeError as exc:
-            log.warning("skipped %s: %s", sample.source, exc)
-            summary.skipped_images.append({"source": sample.source, "reason": str(exc)})
+            self._skip(sample, str(exc), summary)
+            return
+        info = (sample.record or {}).get("image", {})
+        if sample.record is not None and (info["height"], info["width"]) != image.shape[:2]:
+            self._skip(sample, f"{sample.source}: image.height/width: the record says {info['height']}x"
+                       f"{info['width']} but the image is {image.shape[0]}x{image.shape[1]}", summary)
             return
         resized_image, data = fit_short_side(image, sample.data, sample.ext, self.max_short_side)
         annotations = self.generator.generate(resized_image, provenance=self.provenance)
         height, width = resized_image.shape[:2]
-        info = (sample.record or {}).get("image", {})
         record = make_record(info.get("image_id", sample.key), width, height,
                              info.get("file_name", f"{sample.key}.{sample.ext}"), annotations)
-        writer.write(sample.key, data, sample.ext, record)
+        try:
+            writer.write(sample.key, data, sample.ext, record)
+        except ValueError as exc:  # checked before anything is written: a key already labelled, a bad key
+            self._skip(sample, str(exc), summary)
+            return
         summary.images += 1
         summary.masks += len(annotations)
         truth = (sample.record or {}).get("annotations", [])
@@ -283,6 +299,11 @@ class Labeller:
             summary.quality.add([a["segmentation"] for a in annotations],
                                 np.array([a["predicted_iou"] for a in annotations]),
                                 [a["segmentation"] for a in truth])
+
+    @staticmethod
+    def _skip(sample: Sample, reason: str, summary: LabelSummary) -> None:
+        log.warning("skipped %s: %s", sample.source, reason)
+        summary.skipped_images.append({"source": sample.source, "reason": reason})
 
 
 def verify_output(shards: list[InputShard], output: str | Path) -> dict:
