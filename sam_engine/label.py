@@ -21,6 +21,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from sam_engine.amg import SamAutomaticMaskGenerator
+from sam_engine.cli import alias_stage_numbers
 from sam_engine.labelling import (
     Labeller,
     LabelSummary,
@@ -75,7 +76,7 @@ def main(cfg: DictConfig) -> dict:
 
     model = load_export(cfg.checkpoint).to(pick_device(cfg.device)).eval()
     generator = SamAutomaticMaskGenerator(model, precision=cfg.precision, **OmegaConf.to_container(cfg.amg))
-    provenance = {"source": "auto", "stage": int(cfg.stage), "model": model_id(cfg.checkpoint)}
+    provenance = {"source": "auto", "stage": int(cfg.stage.number), "model": model_id(cfg.checkpoint)}
     folder = Path(cfg.input) if mine and mine[0].url is None else None
     labeller = Labeller(generator, cfg.output, provenance, cfg.max_short_side, folder_root=folder)
     summary = LabelSummary(task_index, num_tasks, [s.name for s in mine])
@@ -94,4 +95,5 @@ def main(cfg: DictConfig) -> dict:
 
 
 if __name__ == "__main__":
+    sys.argv = alias_stage_numbers(sys.argv)
     main()
