@@ -2,7 +2,7 @@
 
     python -m sam_engine.label input=shards/pool output=shards/stage3 checkpoint=outputs/engine/stage2/train/export
     python -m sam_engine.label ... amg.points_per_side=16 amg.crop_n_layers=1
-    python -m sam_engine.label input=shards/pool output=shards/stage3 checkpoint=... verify=true
+    python -m sam_engine.label input=shards/pool output=shards/stage3 verify=true
 
 In a SLURM array (``slurm/label_array.sbatch``) each task takes its block of the input shards from
 ``SLURM_ARRAY_TASK_ID``/``SLURM_ARRAY_TASK_COUNT``. See :mod:`sam_engine.labelling` for what is written.
