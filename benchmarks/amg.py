@@ -12,8 +12,8 @@ Weights: no checkpoint is downloaded. Random weights give one image-wide blob pe
 lets through, and a generator that drops everything early is no benchmark; so each case's model is trained
 first, for a few minutes at most, to answer clicks with disks (tests/model_helpers.train_disk_model; vit_b
 and vit_h train their decoder only, on a random encoder) and exported under --work-dir, reused by later
-runs. Thresholds are those of the parity tests (pred_iou_thresh 0.88, stability_score_thresh 0.6); the
-masks found are printed, so how much the filters reject is visible.
+runs. Thresholds are fitted to each model as in the parity tests (tests/model_helpers.amg_thresholds: 30%
+of the masks pass the IoU filter, half of those the stability filter) and printed with the masks found.
 """
 
 from __future__ import annotations
@@ -32,24 +32,25 @@ from timing import seconds
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
-THRESHOLDS = dict(pred_iou_thresh=0.88, stability_score_thresh=0.6)  # the parity tests'
 CASES = {
-    name: dict(variant=name, size=size, train_steps=steps, train_clicks=clicks, options=THRESHOLDS)
+    name: dict(variant=name, size=size, train_steps=steps, train_clicks=clicks)
     for name, size, steps, clicks in (("tiny", 256, 200, 32), ("vit_b", 1024, 150, 8), ("vit_h", 1024, 150, 8))
 }
 
 
-def case_model(name: str, export_dir: Path):
-    """The case's model, exported once to ``export_dir`` so both children load identical weights."""
-    from model_helpers import train_disk_model
+def case_model(name: str, export_dir: Path) -> dict:
+    """Export the case's model once to ``export_dir`` (both children load identical weights); returns the
+    generator's thresholds, fitted to it (tests/model_helpers.amg_thresholds)."""
+    from model_helpers import amg_thresholds, train_disk_model
 
-    from sam_engine.model import export_sam
+    from sam_engine.model import export_sam, load_export
 
+    case = CASES[name]
     if not (export_dir / "sam.pth").exists():
         torch.manual_seed(0)
-        case = CASES[name]
         model = train_disk_model(case["variant"], steps=case["train_steps"], clicks=case["train_clicks"])
         export_sam(model, export_dir)
+    return amg_thresholds(load_export(export_dir), case_image(case["size"]))
 
 
 def case_image(size: int) -> np.ndarray:
@@ -59,7 +60,8 @@ def case_image(size: int) -> np.ndarray:
     return generate_scene(0, 0, SceneSpec(image_size=size)).image
 
 
-def child(name: str, implementation: str, export_dir: str, device: str, runs: int, threads: int, queue) -> None:
+def child(name: str, implementation: str, export_dir: str, options: dict, device: str, runs: int, threads: int,
+          queue) -> None:
     """Load the model, warm up, time ``runs`` generations; put times, masks and peak RSS on ``queue``."""
     from sam_engine.amg import SamAutomaticMaskGenerator
     from sam_engine.model import load_export
@@ -69,12 +71,12 @@ def child(name: str, implementation: str, export_dir: str, device: str, runs: in
     case = CASES[name]
     image = case_image(case["size"])
     if implementation == "ours":
-        generator = SamAutomaticMaskGenerator(load_export(export_dir).to(device), precision="fp32", **case["options"])
+        generator = SamAutomaticMaskGenerator(load_export(export_dir).to(device), precision="fp32", **options)
     else:
         from segment_anything import SamAutomaticMaskGenerator as OfficialGenerator
 
         model = load_official_export(export_dir).to(device)
-        generator = OfficialGenerator(model, output_mode="coco_rle", **case["options"])
+        generator = OfficialGenerator(model, output_mode="coco_rle", **options)
     with torch.inference_mode():
         masks = generator.generate(image)
         times = [seconds(lambda: generator.generate(image), torch.device(device)) for _ in range(runs)]
@@ -109,18 +111,19 @@ def same_masks(ours: list[dict], official: list[dict]) -> bool:
 
 def bench_case(name: str, args) -> dict:
     export_dir = Path(args.work_dir) / name
-    case_model(name, export_dir)
+    options = case_model(name, export_dir)
     results = {"ours": [], "official": []}
     for _ in range(args.repeats):  # alternate: the machine's noise hits both alike
         for implementation in ("ours", "official"):
             results[implementation].append(
-                run_child(name, implementation, str(export_dir), args.device, args.runs, args.threads)
+                run_child(name, implementation, str(export_dir), options, args.device, args.runs, args.threads)
             )
     ours_s = statistics.median(t for r in results["ours"] for t in r["times"])
     official_s = statistics.median(t for r in results["official"] for t in r["times"])
     ours_masks, official_masks = results["ours"][0]["masks"], results["official"][0]["masks"]
     return dict(
-        case=name, size=CASES[name]["size"], ours_s=ours_s, official_s=official_s, ratio=official_s / ours_s,
+        case=name, size=CASES[name]["size"], options=options,
+        ours_s=ours_s, official_s=official_s, ratio=official_s / ours_s,
         ours_masks=len(ours_masks), official_masks=len(official_masks),
         identical=same_masks(ours_masks, official_masks),
         ours_peak_mib=max(r["peak_mib"] for r in results["ours"]),
@@ -141,6 +144,8 @@ def main() -> None:
     rows = [bench_case(name, args) for name in args.cases]
     print(f"device {args.device}, {args.threads} threads, median of {args.runs * args.repeats} runs per implementation")
     print(f"{'case':8}{'px':>6}{'ours s':>9}{'official s':>12}{'ratio':>7}{'masks':>13}{'same':>6}{'peak MiB':>18}")
+    for r in rows:
+        print(f"{r['case']}: {r['options']}")
     for r in rows:
         print(f"{r['case']:8}{r['size']:>6}{r['ours_s']:>9.2f}{r['official_s']:>12.2f}{r['ratio']:>7.2f}"
               f"{r['ours_masks']:>6}/{r['official_masks']:<6}{str(r['identical']):>6}"
