@@ -25,6 +25,7 @@ import resource
 import statistics
 import sys
 from pathlib import Path
+from queue import Empty
 
 import numpy as np
 import torch
@@ -34,7 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 CASES = {
     name: dict(variant=name, size=size, train_steps=steps, train_clicks=clicks)
-    for name, size, steps, clicks in (("tiny", 256, 200, 32), ("vit_b", 1024, 150, 8), ("vit_h", 1024, 150, 8))
+    for name, size, steps, clicks in (("tiny", 256, 200, 32), ("vit_b", 1024, 500, 16), ("vit_h", 1024, 500, 16))
 }
 
 
@@ -90,7 +91,13 @@ def run_child(*args) -> dict:
     queue = context.Queue()
     process = context.Process(target=child, args=(*args, queue))
     process.start()
-    result = queue.get()
+    while True:  # a child that dies (an error, out of memory) must not leave the parent waiting forever
+        try:
+            result = queue.get(timeout=5)
+            break
+        except Empty:
+            if not process.is_alive():
+                raise RuntimeError(f"benchmark child {args[:2]} died with exit code {process.exitcode}") from None
     process.join()
     return result
 
