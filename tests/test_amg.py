@@ -123,3 +123,12 @@ def test_mask_operations_equal_the_official():
     assert boxes[3].tolist() == [0, 0, 0, 0]
     crop, image = [10, 20, 80, 110], [0, 0, 200, 300]
     assert torch.equal(near_crop_edge(boxes, crop, image), official_amg.is_box_near_crop_edge(boxes, crop, image))
+
+
+def test_filters_off_give_valid_records(models):
+    """With both filters off, masks empty even at the low cut (stability NaN) are dropped, not written."""
+    image = photograph()
+    generator = SamAutomaticMaskGenerator(models[0], points_per_side=4, pred_iou_thresh=0, stability_score_thresh=0)
+    annotations = generator.generate(image)
+    assert annotations and all(np.isfinite(a["stability_score"]) for a in annotations)
+    validate_record(make_record("grace", image.shape[1], image.shape[0], "grace.jpg", annotations))

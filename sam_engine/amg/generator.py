@@ -19,8 +19,9 @@ the image; survivors are up-sampled in chunks of bounded memory, cut, boxed and 
 then run-length encoded in one pycocotools call per batch. NMS works on boxes, so masks are uncropped
 and post-processed only once they have survived it.
 
-Records differ from the official output in one documented way: ``bbox`` is COCO's (``toBbox`` of the
-RLE, width = number of columns), where the official writes the inclusive pixel box (one less).
+Two documented differences: ``bbox`` is COCO's (``toBbox`` of the RLE, width = number of columns), where
+the official writes the inclusive pixel box (one less); and with ``stability_score_thresh=0`` a mask empty
+even at the low cut (stability 0/0 = NaN) is dropped, where the official keeps it: a record cannot hold NaN.
 """
 
 from __future__ import annotations
@@ -251,7 +252,7 @@ class SamAutomaticMaskGenerator:
             rows = torch.arange(start, min(start + chunk, len(low_res)), device=device)
             logits = self.predictor.upscale_masks(low_res[rows, None])[:, 0]  # K x h x w
             stability = stability_scores(logits, self.model.mask_threshold, self.stability_score_offset)
-            keep = stability >= self.stability_score_thresh if self.stability_score_thresh > 0 else slice(None)
+            keep = stability >= self.stability_score_thresh if self.stability_score_thresh > 0 else ~stability.isnan()
             masks, rows, stability = (logits > self.model.mask_threshold)[keep], rows[keep], stability[keep]
             del logits
             boxes = masks_to_boxes(masks)
