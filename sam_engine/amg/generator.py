@@ -81,9 +81,10 @@ class Proposals:
 
     @staticmethod
     def empty(device: torch.device) -> Proposals:
-        long, float = {"dtype": torch.long, "device": device}, {"dtype": torch.float32, "device": device}
-        return Proposals([], torch.zeros(0, 4, **long), torch.zeros(0, **float), torch.zeros(0, **float),
-                         torch.zeros(0, 2, dtype=torch.float64, device=device), torch.zeros(0, 4, **long))
+        """No proposal (what a batch whose masks all fail the filters gives)."""
+        integers, floats = {"dtype": torch.long, "device": device}, {"dtype": torch.float32, "device": device}
+        return Proposals([], torch.zeros(0, 4, **integers), torch.zeros(0, **floats), torch.zeros(0, **floats),
+                         torch.zeros(0, 2, dtype=torch.float64, device=device), torch.zeros(0, 4, **integers))
 
     @staticmethod
     def concatenate(parts: list[Proposals]) -> Proposals:
