@@ -19,7 +19,6 @@ Images whose short side exceeds ``max_short_side`` are resized to it first, as S
 from __future__ import annotations
 
 import copy
-import hashlib
 import io
 import json
 import logging
@@ -40,7 +39,7 @@ from sam_engine.data.images import ImageDecodeError, decode_image
 from sam_engine.data.importing import SkipSample, key_from_path, prepare_image
 from sam_engine.data.loader import tar_samples
 from sam_engine.data.records import RecordError, make_record, validate_record
-from sam_engine.data.shards import MANIFEST, ShardWriter, list_shards, read_manifest, shard_name
+from sam_engine.data.shards import MANIFEST, ShardWriter, file_sha256, list_shards, read_manifest, shard_name
 from sam_engine.model.build import EXPORT_WEIGHTS
 from sam_engine.proposal_metrics import ProposalQuality
 
@@ -162,9 +161,7 @@ def fit_short_side(image: np.ndarray, data: bytes, ext: str, max_short_side: int
 
 def model_id(export_dir: str | Path) -> str:
     """``<export dir>@<first 12 hex digits of sam.pth's sha256>``: which weights labelled a mask."""
-    with open(Path(export_dir) / EXPORT_WEIGHTS, "rb") as f:
-        digest = hashlib.file_digest(f, "sha256").hexdigest()
-    return f"{export_dir}@{digest[:12]}"
+    return f"{export_dir}@{file_sha256(Path(export_dir) / EXPORT_WEIGHTS)[:12]}"
 
 
 @dataclass

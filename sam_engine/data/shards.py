@@ -129,7 +129,8 @@ def _add_to_manifest(directory: Path, entries: dict[str, dict]) -> None:
 # ---------------------------------------------------------------------------------------------------------
 
 
-def _sha256(path: Path) -> str:
+def file_sha256(path: str | Path) -> str:
+    """Hex SHA-256 of a file's bytes."""
     with open(path, "rb") as f:
         return hashlib.file_digest(f, "sha256").hexdigest()
 
@@ -165,7 +166,7 @@ def describe_shard(path: str | Path) -> dict:
         "samples": len(keys),
         "annotations": annotations,
         "bytes": path.stat().st_size,
-        "sha256": _sha256(path),
+        "sha256": file_sha256(path),
         "keys": keys,
     }
 
@@ -281,7 +282,7 @@ class _OpenShard:
             "samples": len(self.keys),
             "annotations": self.annotations,
             "bytes": self.tmp.stat().st_size,
-            "sha256": _sha256(self.tmp),
+            "sha256": file_sha256(self.tmp),
             "keys": self.keys,
         }
         os.replace(self.tmp, self.path)
