@@ -186,3 +186,37 @@ def test_fresh_attention_keys_start_mimetic():
     attention = attentions[-1]  # final token -> image attention
     scores = attention.q_proj(token) @ attention.k_proj(grid).T
     assert divmod(scores.argmax().item(), 16) == (3, 12)
+
+
+@pytest.mark.parametrize(
+    "query_shape, key_shape",
+    [
+        ((3, 7, 256), (3, 300, 256)),  # tokens -> per-prompt image: folded into the queries
+        ((3, 7, 256), (1, 300, 256)),  # tokens -> shared image: the image projected once
+        ((3, 300, 256), (3, 7, 256)),  # per-prompt image -> tokens: folded into the keys
+        ((1, 300, 256), (3, 7, 256)),  # shared image -> tokens
+        ((3, 18, 256), (3, 300, 256)),  # 8 heads x 18 tokens >= 128: projected as usual
+    ],
+)
+def test_attention_equals_official_whichever_side_is_folded(query_shape, key_shape):
+    from segment_anything.modeling.transformer import Attention as OfficialAttention
+
+    from sam_engine.model.transformer import Attention
+
+    torch.manual_seed(0)
+    ours = Attention(256, 8, downsample_rate=2)
+    with torch.no_grad():
+        for param in ours.parameters():
+            param.normal_(0, 0.1)
+    official = OfficialAttention(256, 8, downsample_rate=2)
+    official.load_state_dict(ours.state_dict())
+    q = torch.randn(query_shape, requires_grad=True)
+    k = torch.randn(key_shape, requires_grad=True)
+    batch = max(query_shape[0], key_shape[0])
+    expected = official(q.expand(batch, -1, -1), k.expand(batch, -1, -1), k.expand(batch, -1, -1))
+    got = ours(q, k, k)
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)
+    (expected_q_grad, expected_w_grad) = torch.autograd.grad(expected.square().sum(), (q, official.q_proj.weight))
+    (q_grad, w_grad) = torch.autograd.grad(got.square().sum(), (q, ours.q_proj.weight))
+    for grad, expected_grad in ((q_grad, expected_q_grad), (w_grad, expected_w_grad)):  # sums of many terms
+        assert (grad - expected_grad).abs().max() <= 1e-4 * expected_grad.abs().max()

@@ -2,7 +2,8 @@
 
 Each block runs (1) self-attention of the tokens, (2) cross-attention tokens -> image, (3) an MLP on
 the tokens, (4) cross-attention image -> tokens; a final token -> image attention follows the
-blocks. Attention runs through ``scaled_dot_product_attention`` (fused kernels where available).
+blocks. Attention runs through ``scaled_dot_product_attention`` (fused kernels where available), except
+where one side holds a handful of tokens and the other the whole image (see ``Attention``).
 """
 
 from __future__ import annotations
@@ -46,7 +47,17 @@ class Attention(nn.Module):
 
         Either side may have batch 1 where it is shared by every prompt (the image before the first
         block): it is projected once and broadcast, not once per prompt.
+
+        Between a few tokens and a large image (heads x tokens < internal width: 8 x 7 < 128 for SAM's
+        point prompts), the image side is never projected: the projections of the image are folded into
+        the tokens' side (``_attend_few_queries``, ``_attend_few_keys``), the same attention in fewer
+        operations. The decoder of the automatic mask generator spends most of its time here.
         """
+        n_queries, n_keys = q.shape[1], k.shape[1]
+        if n_queries < n_keys and self.num_heads * n_queries < self.internal_dim and k.shape[0] == q.shape[0]:
+            return self._attend_few_queries(q, k, v)  # (an image shared by the batch is projected once instead)
+        if n_keys < n_queries and self.num_heads * n_keys < self.internal_dim:
+            return self._attend_few_keys(q, k, v)
         q, k, v = (self._split_heads(proj(x)) for proj, x in ((self.q_proj, q), (self.k_proj, k), (self.v_proj, v)))
         batch = max(q.shape[0], k.shape[0])
         out = F.scaled_dot_product_attention(
@@ -54,6 +65,53 @@ class Attention(nn.Module):
         )
         b, _, n, _ = out.shape
         return self.out_proj(out.transpose(1, 2).reshape(b, n, self.internal_dim))
+
+
+    def _head_weights(self, projection: nn.Linear) -> torch.Tensor:
+        """An input projection's weight per head: heads x D/heads x C."""
+        return projection.weight.view(self.num_heads, -1, projection.weight.shape[1])
+
+    def _attend_few_queries(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """Attention of Nq tokens to Nk >> Nq image positions (arguments and result as ``forward``).
+
+        Score of query i, head h, key j: q_ih . (W_k,h x_j + b_k,h) = (W_k,h^T q_ih) . x_j + const(i, h),
+        and a constant along j leaves the softmax unchanged. Output: sum_j a_ihj (W_v,h x_j + b_v,h) =
+        W_v,h (sum_j a_ihj x_j) + b_v,h. The image enters two batched products of B x (heads Nq) x C.
+        """
+        batch, n_queries, _ = q.shape
+        heads, head_dim = self.num_heads, self.internal_dim // self.num_heads
+        queries = self.q_proj(q).view(batch, n_queries, heads, head_dim)
+        folded = torch.einsum("bnhd,hdc->bhnc", queries, self._head_weights(self.k_proj)) * head_dim**-0.5
+        scores = folded.reshape(batch, heads * n_queries, -1) @ k.transpose(1, 2)  # B x heads Nq x Nk
+        mixed = (scores.softmax(dim=-1) @ v).view(batch, heads, n_queries, -1)  # B x heads x Nq x C
+        out = torch.einsum("bhnc,hdc->bnhd", mixed, self._head_weights(self.v_proj))
+        out = out + self.v_proj.bias.view(heads, head_dim)
+        return self.out_proj(out.reshape(batch, n_queries, self.internal_dim))
+
+    def _attend_few_keys(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """Attention of Nq image positions to Nk << Nq tokens (arguments and result as ``forward``).
+
+        Score of query i, head h, key j: (W_q,h x_i + b_q,h) . k_jh = (W_q,h^T k_jh) . x_i + b_q,h . k_jh.
+        Output: W_o (concat_h sum_j a_ihj v_jh) + b_o = sum_h sum_j a_ihj (W_o,h v_jh) + b_o. The image
+        enters two batched products with B x (heads Nk) x C matrices. Scores are laid out B x heads x Nk x
+        Nq, so the softmax over the Nk keys runs along contiguous rows of queries.
+        """
+        n_queries, n_keys = q.shape[1], k.shape[1]
+        heads, head_dim = self.num_heads, self.internal_dim // self.num_heads
+        keys = self.k_proj(k).view(-1, n_keys, heads, head_dim) * head_dim**-0.5
+        folded = torch.einsum("bjhd,hdc->bhjc", keys, self._head_weights(self.q_proj))  # B x heads x Nk x C
+        bias = torch.einsum("bjhd,hd->bhj", keys, self.q_proj.bias.view(heads, head_dim))
+        batch = folded.shape[0]
+        if q.shape[0] == 1:  # an image shared by the batch: one product, no copy of it per prompt
+            scores = (folded.reshape(-1, q.shape[2]) @ q[0].T).view(batch, heads * n_keys, n_queries)
+        else:
+            scores = folded.flatten(1, 2) @ q.transpose(1, 2)
+        scores = scores + bias.flatten(1)[..., None]  # B x heads Nk x Nq
+        weights = scores.view(batch, heads, n_keys, n_queries).softmax(dim=2).view(batch, heads * n_keys, n_queries)
+        values = self.v_proj(v).view(-1, n_keys, heads, head_dim)
+        out_weight = self.out_proj.weight.view(-1, heads, head_dim)  # C x heads x D/heads
+        folded_values = torch.einsum("bjhd,chd->bhjc", values, out_weight).flatten(1, 2)  # B x heads Nk x C
+        return torch.baddbmm(self.out_proj.bias, weights.transpose(1, 2), folded_values)
 
 
 class TwoWayAttentionBlock(nn.Module):
