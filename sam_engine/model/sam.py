@@ -13,6 +13,9 @@ from sam_engine.model.prompt_encoder import PromptEncoder
 from sam_engine.model.transformer import TwoWayTransformer
 from sam_engine.transforms import normalize_and_pad
 
+DECODER_CHUNK_BYTES = 2**26
+"""Bytes of float32 per-prompt image activations the decoder of ``predict_confident_masks`` holds at once."""
+
 
 class Sam(nn.Module):
     """Segment Anything. Parameter names and shapes equal those of the official ``segment_anything.Sam``.
@@ -103,6 +106,9 @@ class Sam(nn.Module):
 
         Equal to ``predict_masks(..., multimask_output=True)`` followed by the IoU filter, but the masks
         (the decoder's up-scaling, its costliest part) are computed only for prompts with an output kept.
+        The prompts are decoded in chunks whose per-prompt image activations fill about
+        ``DECODER_CHUNK_BYTES``: the transformer's additions and norms over them are memory-bound, and
+        run several times faster on a chunk that stays in the processor's cache.
 
         Arguments:
             image_embeddings: 1 x C x h x w. points: (B x N x 2, B x N) in the model input frame.
@@ -110,6 +116,19 @@ class Sam(nn.Module):
             prompt, output: K int64, which prompt and which of its 3 outputs (in that order: prompt-major);
             low_res_logits: K x 4h x 4w; iou_predictions: K.
         """
+        _, channels, height, width = image_embeddings.shape
+        chunk = max(1, DECODER_CHUNK_BYTES // (4 * channels * height * width))
+        coords, labels = points
+        parts = [
+            self._predict_confident_chunk(image_embeddings, (coords[i : i + chunk], labels[i : i + chunk]), min_iou, i)
+            for i in range(0, len(coords), chunk)
+        ]
+        return tuple(torch.cat(column) for column in zip(*parts, strict=True))
+
+    def _predict_confident_chunk(
+        self, image_embeddings: torch.Tensor, points: tuple[torch.Tensor, torch.Tensor], min_iou: float, first: int
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``predict_confident_masks`` for one chunk of prompts, numbered from ``first``."""
         sparse, dense = self.prompt_encoder(points=points, boxes=None, masks=None)
         decoder = self.mask_decoder
         tokens, image = decoder.run_transformer(image_embeddings, self.prompt_encoder.get_dense_pe(), sparse, dense)
@@ -117,7 +136,7 @@ class Sam(nn.Module):
         prompt, output = (iou > min_iou).nonzero(as_tuple=True)
         rows, inverse = prompt.unique(return_inverse=True)
         logits = decoder.predict_mask_logits(tokens[rows], image[rows])  # R x 4 x 4h x 4w
-        return prompt, output, logits[inverse, output + 1], iou[prompt, output]
+        return prompt + first, output, logits[inverse, output + 1], iou[prompt, output]
 
     def postprocess_masks(
         self, masks: torch.Tensor, input_size: tuple[int, int], original_size: tuple[int, int]
