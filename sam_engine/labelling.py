@@ -34,11 +34,12 @@ from PIL import Image
 from tqdm import tqdm
 
 from sam_engine.amg import SamAutomaticMaskGenerator
+from sam_engine.atomic_files import write_json_atomic
 from sam_engine.data.folder import IMAGE_SUFFIXES
 from sam_engine.data.images import ImageDecodeError, decode_image
 from sam_engine.data.importing import SkipSample, key_from_path, prepare_image
-from sam_engine.data.loader import tar_samples
-from sam_engine.data.records import RecordError, make_record, validate_record
+from sam_engine.data.records import make_record
+from sam_engine.data.samples import Sample, Skipped, UnreadableShard, shard_samples
 from sam_engine.data.shards import MANIFEST, ShardWriter, file_sha256, list_shards, read_manifest, shard_name
 from sam_engine.model.build import EXPORT_WEIGHTS
 from sam_engine.proposal_metrics import ProposalQuality
@@ -60,21 +61,6 @@ class InputShard:
     @property
     def output_name(self) -> str:
         return shard_name(self.name, 0)
-
-
-@dataclass
-class Sample:
-    """An input image: its key, encoded bytes, extension and the input record (None for a bare image)."""
-
-    key: str
-    data: bytes
-    ext: str
-    record: dict | None
-    source: str
-
-
-class UnreadableShard(Exception):
-    """An input shard that cannot be read to its end (truncated, corrupt, empty)."""
 
 
 def list_input_shards(source: str | Path, images_per_shard: int = 1000) -> list[InputShard]:
@@ -109,41 +95,23 @@ def task_block(shards: list, task_index: int, num_tasks: int) -> list:
     return shards[bounds[task_index] : bounds[task_index + 1]]
 
 
-def input_samples(shard: InputShard, root: Path | None = None) -> Iterator[Sample | tuple[str, str]]:
-    """The samples of an input shard; a bad image or record comes as ``(source, reason)`` instead.
+def input_samples(shard: InputShard, root: Path | None = None) -> Iterator[Sample | Skipped]:
+    """The samples of an input shard; a bad image or record comes as :class:`Skipped` instead.
 
     Raises:
         UnreadableShard: the tar cannot be read to its end (after yielding what came before).
     """
-    if shard.url is None:
-        for path in shard.files:
-            relative = path.relative_to(root) if root is not None else Path(path.name)
-            try:
-                prepared = prepare_image(path.read_bytes(), str(path))
-            except (OSError, ValueError, SkipSample) as exc:
-                yield str(path), str(exc)
-                continue
-            yield Sample(key_from_path(relative), prepared.data, prepared.ext, None, str(path))
+    if shard.url is not None:
+        yield from shard_samples(shard.url)
         return
-    for sample in tar_samples([shard.url]):
-        where = f"{shard.url}:{sample['__key__']}"
-        if "__error__" in sample:
-            raise UnreadableShard(f"{shard.url}: {sample['__error__']}")
-        if sample.get("__duplicate__"):
-            yield where, "duplicate key in the shard"
+    for path in shard.files:
+        relative = path.relative_to(root) if root is not None else Path(path.name)
+        try:
+            prepared = prepare_image(path.read_bytes(), str(path))
+        except (OSError, ValueError, SkipSample) as exc:
+            yield Skipped(str(path), "bad_image", str(exc))
             continue
-        ext = next((e for e in ("jpg", "jpeg", "png") if e in sample), None)
-        if ext is None:
-            yield where, "no jpg/png image"
-            continue
-        record = None
-        if "json" in sample:
-            try:
-                record = validate_record(json.loads(sample["json"].decode("utf-8")), where=where)
-            except (UnicodeDecodeError, json.JSONDecodeError, RecordError) as exc:
-                yield where, f"json: {exc}"
-                continue
-        yield Sample(sample["__key__"], sample[ext], "jpg" if ext == "jpeg" else ext, record, where)
+        yield Sample(key_from_path(relative), prepared.data, prepared.ext, None, str(path))
 
 
 def fit_short_side(image: np.ndarray, data: bytes, ext: str, max_short_side: int | None):
@@ -194,9 +162,7 @@ def write_summary(summary: LabelSummary, output: Path) -> Path:
     directory = output / SUMMARY_DIR
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / f"task-{summary.task_index:06d}.json"
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(summary.to_dict(), indent=1))
-    os.replace(tmp, path)
+    write_json_atomic(path, summary.to_dict())
     return path
 
 
@@ -259,10 +225,9 @@ class Labeller:
         writer = ShardWriter(self.output, prefix=shard.name, max_samples=2**31, max_bytes=2**50)
         with writer:
             for sample in input_samples(shard, self.folder_root):
-                if isinstance(sample, tuple):
-                    source, reason = sample
-                    log.warning("skipped %s: %s", source, reason)
-                    summary.skipped_images.append({"source": source, "reason": reason})
+                if isinstance(sample, Skipped):
+                    log.warning("skipped %s: %s", sample.source, sample.reason)
+                    summary.skipped_images.append({"source": sample.source, "reason": sample.reason})
                     continue
                 self.label_sample(sample, writer, summary)
                 bar.update(1)

@@ -40,6 +40,7 @@ from pathlib import Path
 
 import braceexpand
 
+from sam_engine.atomic_files import write_json_atomic
 from sam_engine.data.images import image_size
 from sam_engine.data.records import RecordError, validate_record
 
@@ -92,13 +93,8 @@ def _fsync_dir(directory: Path) -> None:
 
 
 def _write_json_atomic(path: Path, obj: dict) -> None:
-    """Write JSON to a temporary file, fsync it and rename it over ``path``."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(obj, f, indent=1, ensure_ascii=False)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    """Write JSON whole (``atomic_files``), then fsync its directory so that the rename lasts."""
+    write_json_atomic(path, obj, ensure_ascii=False)
     _fsync_dir(path.parent)
 
 

@@ -8,7 +8,6 @@ rebuild the same model; see ``sam_engine.model.official``).
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -16,6 +15,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from sam_engine.atomic_files import write_atomic
 from sam_engine.model.config import SamConfig, load_variant, resolve_config, variant_names
 from sam_engine.model.sam import Sam
 
@@ -152,16 +152,6 @@ def _guess_variant(state: Mapping[str, torch.Tensor]) -> str:
     return f"Its image encoder has {found}."
 
 
-def _atomic_write(path: Path, write) -> None:
-    """Write through a temporary file in the same directory and rename it into place."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 def export_sam(model: Sam, out_dir: str | Path) -> Path:
     """Write ``out_dir/sam.pth`` (bare float32 state dict) and ``out_dir/sam_config.json``.
 
@@ -171,7 +161,7 @@ def export_sam(model: Sam, out_dir: str | Path) -> Path:
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in model.state_dict().items()}
-    _atomic_write(out_dir / EXPORT_WEIGHTS, lambda p: torch.save(state, p))
+    write_atomic(out_dir / EXPORT_WEIGHTS, lambda f: torch.save(state, f), binary=True)
     config_text = json.dumps(model.config.to_dict(), indent=2) + "\n"
-    _atomic_write(out_dir / EXPORT_CONFIG, lambda p: p.write_text(config_text))
+    write_atomic(out_dir / EXPORT_CONFIG, lambda f: f.write(config_text))
     return out_dir
