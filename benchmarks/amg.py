@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import multiprocessing as mp
-import resource
 import statistics
 import sys
 from pathlib import Path
@@ -81,9 +80,18 @@ def child(name: str, implementation: str, export_dir: str, options: dict, device
     with torch.inference_mode():
         masks = generator.generate(image)
         times = [seconds(lambda: generator.generate(image), torch.device(device)) for _ in range(runs)]
-    peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    peak_mib = peak_rss_mib()
     segmentations = [{"size": m["segmentation"]["size"], "counts": m["segmentation"]["counts"]} for m in masks]
     queue.put(dict(times=times, peak_mib=peak_mib, masks=segmentations))
+
+
+def peak_rss_mib() -> float:
+    """This process's peak resident memory, MiB: ``VmHWM``, which starts afresh at exec. (``ru_maxrss`` does
+    not: a spawned child would report its parent's peak at fork time.)"""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError("no VmHWM in /proc/self/status")
 
 
 def run_child(*args) -> dict:
