@@ -16,8 +16,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: install
-	$(BIN)/python -m sam_engine.train stage=1
-	$(BIN)/python -m sam_engine.predict checkpoint=outputs/engine/stage1/train/export
+	$(BIN)/python -m sam_engine.engine
 
 test: install
 	$(BIN)/python -m pytest -q

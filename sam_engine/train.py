@@ -91,8 +91,16 @@ def val_metrics(results: list[dict]) -> dict:
     return {k: float(v) for k, v in (results[0] if results else {}).items() if k.startswith("val/")}
 
 
-@hydra.main(version_base=None, config_path="../conf", config_name="train")
-def main(cfg: DictConfig) -> dict:
+def evaluate(cfg: DictConfig) -> dict:
+    """The validation metrics (``val/*``) of the model ``cfg.init`` on ``cfg.data.val``, without training."""
+    datamodule = instantiate(cfg.data, train=cfg.data.train)
+    module = build_module(cfg, initial_model(cfg))
+    trainer = instantiate(cfg.trainer, default_root_dir=str(cfg.run_dir), logger=False)
+    return val_metrics(trainer.validate(module, datamodule=datamodule, verbose=False))
+
+
+def train(cfg: DictConfig) -> dict:
+    """Train as ``cfg`` (the ``train`` config) says; returns what ``metrics.json`` holds."""
     run_dir = Path(cfg.run_dir)
     seed_everything(cfg.seed, workers=True)  # fresh weights too: a seeded run is reproducible
     if uses_slurm(cfg.trainer):
@@ -125,6 +133,11 @@ def main(cfg: DictConfig) -> dict:
         log.info("metrics: %s", json.dumps(metrics))
         log.info("export: %s", run_dir / "export")
     return metrics
+
+
+@hydra.main(version_base=None, config_path="../conf", config_name="train")
+def main(cfg: DictConfig) -> dict:
+    return train(cfg)
 
 
 if __name__ == "__main__":

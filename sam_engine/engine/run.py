@@ -1,0 +1,266 @@
+"""The data engine's steps, in order, for one run directory (see ``conf/engine.yaml``).
+
+    seed                 train the seed model on the seed set (ground truth)
+    stage1/round<k>      annotate chunk k of pool1 with the current model, retrain on seed + stage 1 masks
+    stage2/round<k>      pre-fill chunk k of pool2 (confident automatic masks), annotate what they miss,
+                         retrain on seed + stage 1 + stage 2 masks
+    stage3               automatic masks over pool3, train the final model on them alone
+    final                evaluate the final model; write the summary (CSV, JSON, PNG) and the wandb table
+
+Masks land in ``<run_dir>/stage<N>/shards`` (a shard per round, named after it); every training in
+``<step>/train`` (``checkpoints/``, ``export/``, ``metrics.json``), starting from the previous step's export.
+Each step's metrics row: ``stage``, ``round``, the validation metrics of the model it ends with
+(``val/miou_1pt``, ``val/miou_box``, ``val/miou_5pt``, ``val/noc90`` ...) and what it collected
+(``session.round_statistics``).
+
+This is the orchestration layer (as ``train.py``): it reads the engine's config and composes the
+``train`` config of every training with Hydra's compose API.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+from hydra import compose
+from omegaconf import DictConfig, OmegaConf
+
+from sam_engine.amg import SamAutomaticMaskGenerator
+from sam_engine.annotate.coco_bridge import export_coco, import_coco_corrections
+from sam_engine.annotate.cost import AnnotationTimeModel
+from sam_engine.annotate.session import (
+    RoundSetup,
+    annotate_round,
+    intent_masks,
+    pool_chunk,
+    pool_samples,
+    round_statistics,
+)
+from sam_engine.annotate.simulated import SimulatedAnnotator
+from sam_engine.dashboard import FINAL_STAGE
+from sam_engine.data.images import decode_image
+from sam_engine.data.records import decode_masks, make_record
+from sam_engine.data.shards import ShardWriter, shard_name
+from sam_engine.data.synthetic import ensure_synthetic_dataset
+from sam_engine.engine.steps import EnginePaused, Steps
+from sam_engine.labelling import Labeller, LabelSummary, list_input_shards, model_id
+from sam_engine.model import load_export
+from sam_engine.predictor import SamPredictor
+from sam_engine.train import evaluate, train
+from sam_engine.visualize import overlay_masks, save_png
+
+log = logging.getLogger(__name__)
+
+STAGE_CONFIGS = {0: "assisted_manual", 1: "assisted_manual", 2: "semi_automatic", 3: "fully_automatic"}
+"""The train config's stage file of each stage's trainings (0: the seed model)."""
+CORRECTED = "corrected.json"
+"""People's corrected COCO export of a round, under the round's directory."""
+
+
+def _quoted(value) -> str:
+    """A Hydra override value: paths quoted, so that any character in them is taken literally."""
+    return "null" if value is None else "'" + str(value).replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+class DataEngine:
+    """Runs (or resumes) the engine's steps.
+
+    Arguments:
+        cfg: the ``engine`` config.
+        steps: the run directory's step runner (dashboards hook into it).
+        overlay: called with (step name, overlay images) for each step that collected masks.
+    """
+
+    def __init__(self, cfg: DictConfig, steps: Steps,
+                 overlay: Callable[[str, list[np.ndarray]], None] = lambda name, images: None) -> None:
+        self.cfg = cfg
+        self.steps = steps
+        self.run_dir = Path(cfg.run_dir)
+        self.overlay = overlay
+        self.device = ("cuda" if torch.cuda.is_available() else "cpu") if cfg.device == "auto" else cfg.device
+
+    # --- the plan ------------------------------------------------------------------------------------------
+
+    def prepare_data(self) -> None:
+        """Generate the synthetic datasets that are missing; check the pools the annotator needs."""
+        for spec in self.cfg.data.synthetic or []:
+            ensure_synthetic_dataset(**OmegaConf.to_container(spec, resolve=True))
+        if self.cfg.annotator.kind == "simulated":
+            for option in ("pool1", "pool2"):
+                first = next(pool_samples(self.cfg.data[option]), None)
+                if first is None:
+                    raise ValueError(f"data.{option}={self.cfg.data[option]}: no readable image")
+                intent_masks(first, f"data.{option}")
+
+    def run(self, stages: tuple[int, ...] = (0, 1, 2, 3, FINAL_STAGE)) -> list[dict]:
+        """Run the steps of ``stages`` (0 = seed training, 4 = final evaluation); returns the metrics rows."""
+        self.prepare_data()
+        if 0 in stages:
+            self.steps.run("seed", self.seed_step)
+        for stage in (1, 2):
+            if stage in stages:
+                for k in range(1, self.cfg[f"stage{stage}"].rounds + 1):
+                    self.steps.run(f"stage{stage}/round{k}", lambda d, s=stage, k=k: self.round_step(d, s, k))
+        if 3 in stages:
+            self.steps.run("stage3", self.stage3_step)
+        if FINAL_STAGE in stages:
+            self.steps.run("final", self.final_step)
+        return self.steps.rows
+
+    def export_before(self, stage: int, round_: int = 1) -> Path:
+        """The export the given step starts from: the previous step's.
+
+        Raises:
+            FileNotFoundError: it was not made (its step did not run), naming the file.
+        """
+        if stage == 1 and round_ == 1:
+            export = self.run_dir / "seed" / "train" / "export"
+        elif round_ > 1:
+            export = self.run_dir / f"stage{stage}" / f"round{round_ - 1}" / "train" / "export"
+        else:
+            last_round = self.cfg[f"stage{stage - 1}"].rounds
+            export = self.run_dir / f"stage{stage - 1}" / f"round{last_round}" / "train" / "export"
+        if not (export / "sam.pth").is_file():
+            raise FileNotFoundError(f"{export / 'sam.pth'}: the previous step's model is missing; run the engine "
+                                    "from the start (python -m sam_engine.engine run_dir=...) to make it")
+        return export
+
+    # --- steps ---------------------------------------------------------------------------------------------
+
+    def seed_step(self, directory: Path) -> dict:
+        seed = self.cfg.seed_training
+        metrics = self.train(directory / "train", 0, None, seed.max_steps, seed.prompt_warmup_steps, seed.milestones)
+        return {"stage": 0, "round": 0, **metrics}
+
+    def round_step(self, directory: Path, stage: int, round_: int) -> dict:
+        """Stage 1 or 2, one round: annotate chunk ``round_`` of the stage's pool, then retrain."""
+        options = self.cfg[f"stage{stage}"]
+        export = self.export_before(stage, round_)
+        pool = self.cfg.data[f"pool{stage}"]
+        samples = pool_chunk(pool, (round_ - 1) * options.images_per_round, options.images_per_round)
+        shards = self.run_dir / f"stage{stage}" / "shards"
+        prefix = f"round{round_:02d}"
+        model = load_export(export).to(self.device).eval()
+        if self.cfg.annotator.kind == "people":
+            self.people_round(directory, samples, model, export, stage, shards, prefix)
+        else:
+            setup = RoundSetup(
+                predictor=SamPredictor(model),
+                annotator=SimulatedAnnotator(
+                    AnnotationTimeModel(**self.cfg.annotator.time), accept_iou=self.cfg.annotator.accept_iou,
+                    max_clicks=self.cfg.annotator.max_clicks, move_on_seconds=self.cfg.annotator.move_on_seconds,
+                    patience=self.cfg.annotator.patience,
+                ),
+                stage=stage,
+                model=model_id(export),
+                prefill=self.prefill_generator(model) if stage == 2 else None,
+                cover_iou=self.cfg.stage2.cover_iou,
+                pool_option=f"data.pool{stage}",
+            )
+            annotate_round(samples, shards, prefix, setup)
+        shard = shards / shard_name(prefix, 0)
+        collected = round_statistics(shard, {s.key: s.record["annotations"] for s in samples if s.record})
+        self.log_overlay(f"stage{stage}/round{round_}", shard)
+        metrics = self.train(directory / "train", stage, export, options.train_steps, 0, [options.train_steps])
+        return {"stage": stage, "round": round_, **collected, **metrics}
+
+    def stage3_step(self, directory: Path) -> dict:
+        """Automatic masks over pool3 with the last stage-2 model, then the final model trained on them."""
+        export = self.export_before(3)
+        model = load_export(export).to(self.device).eval()
+        generator = SamAutomaticMaskGenerator(model, **OmegaConf.to_container(self.cfg.stage3.amg, resolve=True))
+        shards = self.run_dir / "stage3" / "shards"
+        inputs = list_input_shards(self.cfg.data.pool3)
+        labeller = Labeller(generator, shards, {"source": "auto", "stage": 3, "model": model_id(export)})
+        labeller.run(inputs, LabelSummary(0, 1, [s.name for s in inputs]), progress=False)
+        truth = {s.key: s.record["annotations"] for s in pool_samples(self.cfg.data.pool3) if s.record}
+        collected = round_statistics(shards, truth)
+        if not collected["masks_collected"]:
+            raise ValueError(
+                f"stage 3: no automatic mask of the {collected['images']} images of data.pool3 passed the filters "
+                "(stage3.amg: pred_iou_thresh, stability_score_thresh); the final model would train on nothing"
+            )
+        self.log_overlay("stage3", shards)
+        steps = self.cfg.stage3.train_steps
+        metrics = self.train(directory / "train", 3, export, steps, 0, [steps])
+        return {"stage": 3, "round": 0, **collected, **metrics}
+
+    def final_step(self, directory: Path) -> dict:
+        export = self.run_dir / "stage3" / "train" / "export"
+        if not (export / "sam.pth").is_file():
+            raise FileNotFoundError(f"{export / 'sam.pth'}: stage 3's final model is missing; run the engine first")
+        cfg = self.train_config(directory, 3, export, 1, 0, [1])
+        return {"stage": FINAL_STAGE, "round": 0, **evaluate(cfg)}
+
+    # --- parts ---------------------------------------------------------------------------------------------
+
+    def prefill_generator(self, model) -> SamAutomaticMaskGenerator:
+        return SamAutomaticMaskGenerator(model, **OmegaConf.to_container(self.cfg.stage2.prefill, resolve=True))
+
+    def people_round(self, directory: Path, samples, model, export: Path, stage: int, shards: Path,
+                     prefix: str) -> None:
+        """A round annotated by people: export the images (and stage 2's pre-filled masks) as COCO, pause;
+        on the rerun that finds ``<round>/corrected.json``, import it as the round's manual masks."""
+        if (shards / shard_name(prefix, 0)).is_file():
+            return
+        corrected = directory / CORRECTED
+        if corrected.is_file():
+            report = import_coco_corrections(corrected, directory / "proposals", shards, stage=stage, prefix=prefix)
+            log.info("imported %s: %s", corrected, json.dumps(report))
+            return
+        proposals = directory / "proposals"
+        provenance = {"source": "auto", "stage": stage, "model": model_id(export)}
+        generator = self.prefill_generator(model) if stage == 2 else None
+        with ShardWriter(proposals, prefix="proposals", max_samples=2**31, max_bytes=2**50) as writer:
+            if not (proposals / shard_name("proposals", 0)).is_file():
+                for sample in samples:
+                    image = decode_image(sample.data, source=sample.source)
+                    annotations = generator.generate(image, provenance) if generator else []
+                    info = sample.record["image"] if sample.record else {
+                        "image_id": sample.key, "width": image.shape[1], "height": image.shape[0],
+                        "file_name": f"{sample.key}.{sample.ext}"}
+                    writer.write(sample.key, sample.data, sample.ext, make_record(
+                        info["image_id"], info["width"], info["height"], info["file_name"], annotations))
+        coco = export_coco(proposals, directory / "to_annotate")
+        raise EnginePaused(
+            f"stage {stage} {prefix}: waiting for people. Import {coco} and the images beside it into CVAT or "
+            f"Label Studio, correct and complete the masks, export COCO to {corrected}, and run the engine again"
+        )
+
+    def log_overlay(self, name: str, shards: Path) -> None:
+        """The masks of the first image a step collected, over the image: ``<step>/overlay.png`` and wandb."""
+        first = next(pool_samples(shards), None)
+        if first is None:
+            return
+        image = decode_image(first.data, source=first.source)
+        masks = decode_masks([a["segmentation"] for a in first.record["annotations"]], image.shape[:2])
+        overlay = overlay_masks(image, masks)
+        save_png(overlay, self.run_dir / name / "overlay.png")
+        self.overlay(name, [overlay])
+
+    def train_config(self, run_dir: Path, stage: int, init: Path | None, steps: int, prompt_warmup_steps: int,
+                     milestones) -> DictConfig:
+        """The ``train`` config of one training of the engine."""
+        cfg = self.cfg
+        overrides = [
+            f"stage={STAGE_CONFIGS[stage]}", f"model={cfg.model}", f"trainer={cfg.trainer}", "logger=csv",
+            f"seed={cfg.seed}", f"engine_dir={_quoted(self.run_dir)}", f"run_dir={_quoted(run_dir)}",
+            f"init={_quoted(init)}", f"stage.max_steps={steps}", f"prompt_warmup_steps={prompt_warmup_steps}",
+            f"stage.milestones=[{','.join(str(m) for m in milestones)}]",
+            f"data.train={_quoted(cfg.data.seed)}", f"data.val={_quoted(cfg.data.val)}", "data.synthetic=[]",
+            "validate_before_training=false",
+        ]
+        overrides.append("stage.collected=[]" if stage == 0 else f"optim.lr={cfg.retrain_lr}")
+        if (run_dir / "checkpoints" / "last.ckpt").is_file():  # a killed training: resume it
+            overrides.append("ckpt_path=last")
+        return compose(config_name="train", overrides=overrides + list(cfg.train_overrides))
+
+    def train(self, run_dir: Path, stage: int, init: Path | None, steps: int, prompt_warmup_steps: int,
+              milestones) -> dict:
+        """Train one model of the engine; returns its final validation metrics (``val/*``) and ``train_steps``."""
+        metrics = train(self.train_config(run_dir, stage, init, steps, prompt_warmup_steps, milestones))
+        return {**metrics["final"], "train_steps": metrics["steps"]}

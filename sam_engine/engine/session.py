@@ -1,0 +1,51 @@
+"""One invocation of the engine over a run directory: claim it, run the steps, report (dashboards)."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+
+from sam_engine.dashboard import FINAL_STAGE, NullDashboard, WandbDashboard, write_summary
+from sam_engine.engine.run import DataEngine
+from sam_engine.engine.steps import EnginePaused, Steps, claim_run_dir
+
+log = logging.getLogger(__name__)
+
+ALL_STAGES = (0, 1, 2, 3, FINAL_STAGE)
+UNCLAIMED_KEYS = ("logger",)
+"""Config keys that do not change what the steps write: a rerun may change them."""
+
+
+def run_engine(cfg: DictConfig, stages: tuple[int, ...] = ALL_STAGES) -> list[dict] | None:
+    """Run (or resume) the ``stages`` of the engine run ``cfg.run_dir``; returns the metrics rows of every
+    step run so far, or None when the engine paused for people (the log says what they have to do).
+
+    The summary files are rewritten after each invocation, with the steps finished so far.
+    """
+    run_dir = Path(cfg.run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    config = {key: OmegaConf.to_container(cfg[key], resolve=True) if OmegaConf.is_config(cfg[key]) else cfg[key]
+              for key in cfg if key != "stage"}  # the annotate entry point's stage file: which steps, not how
+    claim_run_dir(run_dir, {key: value for key, value in config.items() if key not in UNCLAIMED_KEYS})
+    if cfg.logger.wandb:
+        dashboard = WandbDashboard(cfg.logger.project, group=run_dir.resolve().name, run_dir=run_dir,
+                                   mode=cfg.logger.get("mode"), config=config)
+    else:
+        dashboard = NullDashboard()
+    steps = Steps(run_dir, on_done=dashboard.log_step)
+    engine = DataEngine(cfg, steps, overlay=dashboard.log_overlays)
+    paused = False
+    try:
+        engine.run(stages)
+    except EnginePaused as exc:
+        log.warning("%s", exc)
+        paused = True
+    finally:
+        if steps.rows:
+            paths = write_summary(steps.rows, run_dir)
+            dashboard.log_table(steps.rows)
+            log.info("summary: %s", ", ".join(str(p) for p in paths))
+        dashboard.finish()
+    return None if paused else steps.rows

@@ -1,0 +1,94 @@
+"""Resumable steps in a run directory: a finished step is skipped by its output, a half-done one redone.
+
+A step is a name (``seed``, ``stage1/round2/annotate`` ...), its directory ``<run_dir>/<name>`` and an
+action that fills it and returns the step's metrics. ``done.json`` (written atomically, last) marks a
+finished step and holds its metrics, so a rerun of the engine skips the step and still reports them.
+Whatever a killed step left is the action's to finish: each action writes its outputs atomically
+(shards published whole, training resumed from its last checkpoint).
+
+The run directory remembers the configuration it was started with (``engine_config.json``); a rerun with
+another configuration is refused, naming the differences, instead of mixing two runs' outputs.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable, Mapping
+from pathlib import Path
+
+from sam_engine.atomic_files import write_json_atomic
+
+log = logging.getLogger(__name__)
+
+DONE = "done.json"
+RUN_CONFIG = "engine_config.json"
+
+
+class EnginePaused(Exception):
+    """The engine waits for people (an annotation export to be corrected); rerun it to continue."""
+
+
+def _differences(old: Mapping, new: Mapping, prefix: str = "") -> list[str]:
+    out = []
+    for key in sorted(set(old) | set(new), key=str):
+        a, b = old.get(key, "<absent>"), new.get(key, "<absent>")
+        if isinstance(a, Mapping) and isinstance(b, Mapping):
+            out += _differences(a, b, f"{prefix}{key}.")
+        elif a != b:
+            out.append(f"{prefix}{key}: {a!r} -> {b!r}")
+    return out
+
+
+def claim_run_dir(run_dir: Path, config: Mapping) -> None:
+    """Record ``config`` as the run's, or check that it is the one the run was started with.
+
+    Raises:
+        ValueError: ``run_dir`` holds a run started with another configuration, naming the differences.
+    """
+    path = run_dir / RUN_CONFIG
+    if path.exists():
+        started = json.loads(path.read_text())
+        changed = _differences(started, json.loads(json.dumps(config)))
+        if changed:
+            raise ValueError(
+                f"{run_dir} holds an engine run started with another configuration ({'; '.join(changed)}); "
+                "its outputs would mix with this one's. Use a new run_dir=..., or delete that directory"
+            )
+        return
+    write_json_atomic(path, config)
+
+
+class Steps:
+    """Runs the steps of one engine run, in order, skipping finished ones.
+
+    Arguments:
+        run_dir: the run directory.
+        on_done: called with the metrics row of each step finished now (dashboards log it).
+    """
+
+    def __init__(self, run_dir: Path, on_done: Callable[[dict], None] = lambda row: None) -> None:
+        self.run_dir = run_dir
+        self.on_done = on_done
+        self.rows: list[dict] = []
+
+    def directory(self, name: str) -> Path:
+        return self.run_dir / name
+
+    def is_done(self, name: str) -> bool:
+        return (self.directory(name) / DONE).exists()
+
+    def run(self, name: str, action: Callable[[Path], dict]) -> dict:
+        """The step's metrics row (``step`` = name, then what ``action(directory)`` returned)."""
+        done = self.directory(name) / DONE
+        if done.exists():
+            row = json.loads(done.read_text())
+            log.info("step %s: done before, skipped", name)
+        else:
+            log.info("step %s: running", name)
+            self.directory(name).mkdir(parents=True, exist_ok=True)
+            row = {"step": name, **action(self.directory(name))}
+            write_json_atomic(done, row)
+            self.on_done(row)
+        self.rows.append(row)
+        return row

@@ -1,0 +1,206 @@
+"""``python -m sam_engine.engine`` and ``python -m sam_engine.annotate``: every step of a small engine run,
+its outputs, dashboards and summary; resuming after a kill; refusals; the people (COCO) path."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hydra import compose, initialize_config_dir
+from pycocotools import mask as mask_utils
+
+from sam_engine.annotate.session import pool_samples
+from sam_engine.dashboard import read_offline_history
+from sam_engine.data.records import make_record
+from sam_engine.data.shards import ShardWriter, read_manifest
+from sam_engine.engine.session import run_engine
+
+CONF = str(Path(__file__).resolve().parents[1] / "conf")
+
+SMALL = [  # every step, in seconds: this checks the plumbing (the default run shows the learning)
+    "seed_training.max_steps=3", "seed_training.prompt_warmup_steps=1", "seed_training.milestones=[3]",
+    "stage1.rounds=2", "stage1.images_per_round=2", "stage1.train_steps=2",
+    "stage2.rounds=1", "stage2.images_per_round=2", "stage2.train_steps=2",
+    "stage2.prefill.points_per_side=4", "stage2.prefill.pred_iou_thresh=0", "stage2.prefill.stability_score_thresh=0",
+    "stage3.amg.points_per_side=4", "stage3.amg.pred_iou_thresh=0", "stage3.amg.stability_score_thresh=0",
+    "stage3.train_steps=2", "logger.wandb=false",
+    "data.synthetic.0.num_images=6", "data.synthetic.1.num_images=2", "data.synthetic.2.num_images=4",
+    "data.synthetic.3.num_images=2", "data.synthetic.4.num_images=3",
+    "train_overrides=['data.num_workers=0','data.batch_size=2','data.max_masks_per_image=4','eval.max_clicks=3',"
+    "'data.min_seen=1000']",
+]
+STEPS = ["seed", "stage1/round1", "stage1/round2", "stage2/round1", "stage3", "final"]
+
+
+def config(tmp_path: Path, *overrides: str, name: str = "engine"):
+    with initialize_config_dir(config_dir=CONF, version_base=None):
+        return compose(config_name=name, overrides=[f"run_dir={tmp_path / 'run'}", *data_dirs(tmp_path), *SMALL,
+                                                    *overrides])
+
+
+def data_dirs(tmp_path: Path) -> list[str]:
+    return [f"data.root={tmp_path / 'data'}"]
+
+
+def run(tmp_path: Path, *overrides: str, name: str = "engine", stages=None):
+    cfg = config(tmp_path, *overrides, name=name)
+    with initialize_config_dir(config_dir=CONF, version_base=None):  # the engine composes the train config
+        return run_engine(cfg) if stages is None else run_engine(cfg, stages)
+
+
+def records(shards: Path) -> list[dict]:
+    return [s.record for s in pool_samples(shards)]
+
+
+@pytest.fixture(scope="module")
+def engine_run(tmp_path_factory):
+    """One small engine run with wandb (offline), and its rows."""
+    tmp_path = tmp_path_factory.mktemp("engine")
+    return tmp_path, run(tmp_path, "logger.wandb=true")
+
+
+def test_engine_runs_every_step_and_writes_what_each_collected(engine_run):
+    tmp_path, rows = engine_run
+    run_dir = tmp_path / "run"
+    assert [r["step"] for r in rows] == STEPS
+    assert [r["stage"] for r in rows] == [0, 1, 1, 2, 3, 4]
+    for step in STEPS:
+        assert (run_dir / step / "done.json").is_file()
+    for row in rows:
+        assert 0.0 <= row["val/miou_1pt"] <= 1.0 and 1.0 <= row["val/noc90"] <= 3.0
+    # Stage 1: one shard per round, manual masks only, each with its clicks and seconds.
+    stage1 = run_dir / "stage1" / "shards"
+    assert sorted(read_manifest(stage1)["shards"]) == ["round01-000000.tar", "round02-000000.tar"]
+    pool1 = {s.key: s.record for s in pool_samples(tmp_path / "data" / "pool1")}
+    for k, row in ((1, rows[1]), (2, rows[2])):
+        written = records(stage1 / f"round{k:02d}-000000.tar")
+        assert len(written) == row["images"] == 2
+        annotations = [a for r in written for a in r["annotations"]]
+        assert len(annotations) == row["masks_collected"] == row["manual_masks"] > 0
+        assert {(a["source"], a["stage"]) for a in annotations} == {("manual", 1)}
+        assert all(a["clicks"] <= 10 and a["seconds"] >= 4.0 for a in annotations)
+        assert row["seconds_per_mask"] == pytest.approx(np.mean([a["seconds"] for a in annotations]), rel=1e-6)
+        for record in written:  # the pool's ground truth is the intent, never copied into the output wholesale
+            key = record["image"]["image_id"]
+            assert len(record["annotations"]) <= len(pool1[key]["annotations"])
+    # Chunks of the pool in order: round 2 annotates images 3-4.
+    assert [r["image"]["image_id"] for r in records(stage1 / "round02-000000.tar")] == list(pool1)[2:4]
+    # Stage 2: pre-filled (auto) masks and manual ones, with the pre-fill's precision against the truth.
+    stage2 = records(run_dir / "stage2" / "shards")
+    sources = {a["source"] for r in stage2 for a in r["annotations"]}
+    assert "auto" in sources and rows[3]["auto_masks"] > 0
+    assert 0.0 <= rows[3]["pseudo_label_precision"] <= 1.0
+    # Stage 3: automatic masks over the whole pool; the final model trained from stage 2's export.
+    stage3 = records(run_dir / "stage3" / "shards")
+    assert len(stage3) == 3 and {a["source"] for r in stage3 for a in r["annotations"]} == {"auto"}
+    assert rows[4]["masks_collected"] == sum(len(r["annotations"]) for r in stage3)
+    assert "stage2/round1/train/export" in stage3[0]["annotations"][0]["model"]
+    assert (run_dir / "stage3" / "train" / "export" / "sam.pth").is_file()
+    assert (run_dir / "stage1" / "round1" / "overlay.png").is_file()
+
+
+def test_engine_summary_files_and_wandb_hold_the_per_stage_metrics(engine_run):
+    tmp_path, rows = engine_run
+    run_dir = tmp_path / "run"
+    summary = json.loads((run_dir / "engine_summary.json").read_text())
+    assert [r["step"] for r in summary] == STEPS
+    header = (run_dir / "engine_summary.csv").read_text().splitlines()[0].split(",")
+    assert header[:3] == ["step", "stage", "val/miou_1pt"] and "seconds_per_mask" in header
+    assert (run_dir / "stages.png").stat().st_size > 1000
+    history = read_offline_history(run_dir)
+    logged = [h["val/miou_1pt"] for h in history if "val/miou_1pt" in h]
+    assert logged == pytest.approx([r["val/miou_1pt"] for r in rows])
+    assert [h["seconds_per_mask"] for h in history if h.get("seconds_per_mask") is not None] == pytest.approx(
+        [r["seconds_per_mask"] for r in rows if r.get("seconds_per_mask") is not None])
+
+
+def test_engine_rerun_skips_finished_steps_and_refuses_another_config(engine_run):
+    tmp_path, rows = engine_run
+    done = {step: (tmp_path / "run" / step / "done.json").stat().st_mtime_ns for step in STEPS}
+    assert run(tmp_path, "logger.wandb=true") == rows
+    assert {step: (tmp_path / "run" / step / "done.json").stat().st_mtime_ns for step in STEPS} == done
+    with pytest.raises(ValueError, match=r"another configuration \(stage1.train_steps: 2 -> 3\)"):
+        run(tmp_path, "stage1.train_steps=3")
+
+
+def test_engine_killed_mid_step_completes_with_the_same_outputs(tmp_path, engine_run):
+    reference_dir = engine_run[0] / "run"
+    command = [sys.executable, "-m", "sam_engine.engine", f"run_dir={tmp_path / 'run'}", *data_dirs(tmp_path), *SMALL]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+    annotated = tmp_path / "run" / "stage1" / "shards" / "round02-000000.tar"
+    deadline = time.monotonic() + 300
+    while not annotated.exists():  # round 2 annotated, its training under way: kill it there
+        assert process.poll() is None, process.stderr.read().decode()[-3000:]
+        assert time.monotonic() < deadline
+        time.sleep(0.2)
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+    assert not (tmp_path / "run" / "stage1" / "round2" / "done.json").exists()
+
+    rows = run(tmp_path)
+    assert [r["step"] for r in rows] == STEPS
+    for stage in ("stage1", "stage2", "stage3"):
+        shards = tmp_path / "run" / stage / "shards"
+        ours, reference = records(shards), records(reference_dir / stage / "shards")
+        keys = [r["image"]["image_id"] for r in ours]
+        assert len(keys) == len(set(keys))  # no image twice, so no mask twice
+        reference_shards = read_manifest(reference_dir / stage / "shards")["shards"]
+        assert sorted(read_manifest(shards)["shards"]) == sorted(reference_shards)
+        assert keys == [r["image"]["image_id"] for r in reference]
+        assert [len(r["annotations"]) for r in ours] == [len(r["annotations"]) for r in reference]
+
+
+def test_missing_ground_truth_previous_stage_and_bad_stage_are_named(tmp_path):
+    empty_pool = tmp_path / "bare"
+    with ShardWriter(empty_pool, prefix="bare") as writer:
+        image = next(pool_samples(_small_pool(tmp_path)))
+        writer.write("a", image.data, image.ext, make_record("a", 256, 256, "a.png", []))
+    with pytest.raises(ValueError, match=r"no ground-truth masks.*data\.pool1"):
+        run(tmp_path, f"data.pool1={empty_pool}")
+    with pytest.raises(FileNotFoundError, match=r"stage1/round2/train/export/sam.pth"):
+        run(tmp_path / "second", "stage=semi_automatic", name="annotate", stages=(2,))
+
+
+def _small_pool(tmp_path: Path) -> Path:
+    from sam_engine.data.synthetic import ensure_synthetic_dataset
+
+    return ensure_synthetic_dataset(tmp_path / "pool", num_images=1, seed=3, image_size=256)
+
+
+def test_annotate_entry_point_refuses_stage_3(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "sam_engine.annotate", "stage=3", f"run_dir={tmp_path}"],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode != 0 and "annotation stages are 1 (assisted_manual) and 2" in result.stderr
+
+
+def test_people_round_pauses_for_coco_corrections_and_imports_them(tmp_path):
+    stages = (0, 1)
+    assert run(tmp_path, "annotator.kind=people", "stage1.rounds=1", stages=stages) is None  # paused
+    to_annotate = tmp_path / "run" / "stage1" / "round1" / "to_annotate"
+    coco = json.loads((to_annotate / "annotations.json").read_text())
+    assert len(coco["images"]) == 2 and coco["annotations"] == []  # stage 1: nothing pre-filled
+    # People draw the objects (here: the pool's ground truth) and export COCO.
+    truth = {s.key: s.record for s in pool_samples(tmp_path / "data" / "pool1")}
+    drawn = []
+    for image in coco["images"]:
+        for annotation in truth[image["sam_engine_key"]]["annotations"]:
+            drawn.append({"id": len(drawn) + 1, "image_id": image["id"], "category_id": 1, "iscrowd": 1,
+                          "segmentation": annotation["segmentation"], "area": annotation["area"],
+                          "bbox": annotation["bbox"]})
+    (tmp_path / "run" / "stage1" / "round1" / "corrected.json").write_text(json.dumps({**coco, "annotations": drawn}))
+    rows = run(tmp_path, "annotator.kind=people", "stage1.rounds=1", stages=stages)
+    assert [r["step"] for r in rows] == ["seed", "stage1/round1"]
+    written = records(tmp_path / "run" / "stage1" / "shards")
+    assert sum(len(r["annotations"]) for r in written) == len(drawn) == rows[1]["manual_masks"]
+    for record in written:
+        expected = [a["segmentation"] for a in truth[record["image"]["image_id"]]["annotations"]]
+        got = [a["segmentation"] for a in record["annotations"]]
+        assert np.array_equal(mask_utils.decode(got), mask_utils.decode(expected))
+        assert {a["source"] for a in record["annotations"]} == {"manual"}
