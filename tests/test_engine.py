@@ -164,6 +164,8 @@ def test_missing_ground_truth_previous_stage_and_bad_stage_are_named(tmp_path):
         writer.write("a", image.data, image.ext, make_record("a", 256, 256, "a.png", []))
     with pytest.raises(ValueError, match=r"no ground-truth masks.*data\.pool1"):
         run(tmp_path, f"data.pool1={empty_pool}")
+    with pytest.raises(ValueError, match=r"annotator.kind=human: expected one of simulated, people"):
+        run(tmp_path / "kind", "annotator.kind=human")
     with pytest.raises(FileNotFoundError, match=r"stage1/round2/train/export/sam.pth"):
         run(tmp_path / "second", "stage=semi_automatic", name="annotate", stages=(2,))
 

@@ -57,6 +57,7 @@ log = logging.getLogger(__name__)
 
 STAGE_CONFIGS = {0: "assisted_manual", 1: "assisted_manual", 2: "semi_automatic", 3: "fully_automatic"}
 """The train config's stage file of each stage's trainings (0: the seed model)."""
+ANNOTATOR_KINDS = ("simulated", "people")
 CORRECTED = "corrected.json"
 """People's corrected COCO export of a round, under the round's directory."""
 
@@ -87,6 +88,8 @@ class DataEngine:
 
     def prepare_data(self) -> None:
         """Generate the synthetic datasets that are missing; check the pools the annotator needs."""
+        if self.cfg.annotator.kind not in ANNOTATOR_KINDS:
+            raise ValueError(f"annotator.kind={self.cfg.annotator.kind}: expected one of {', '.join(ANNOTATOR_KINDS)}")
         for spec in self.cfg.data.synthetic or []:
             ensure_synthetic_dataset(**OmegaConf.to_container(spec, resolve=True))
         if self.cfg.annotator.kind == "simulated":
