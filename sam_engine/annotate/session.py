@@ -81,7 +81,7 @@ class RoundSetup:
         annotator: the simulated annotator.
         stage: 1 or 2 (provenance of every mask written).
         model: the model id written with every mask (``labelling.model_id``).
-        prefill: stage 2's automatic mask generator (high thresholds); None in stage 1.
+        prefill: stage 2's automatic mask generator (its confident masks); None in stage 1.
         cover_iou: stage 2: an object counts as covered by a pre-filled mask of IoU >= this.
         pool_option: the config option naming the pool (for error messages).
     """
@@ -112,12 +112,17 @@ def annotate_round(samples: list[Sample], out_dir: str | Path, prefix: str, setu
 
 
 def _annotate_image(sample: Sample, setup: RoundSetup) -> dict | None:
-    """The record of one pool image: pre-filled masks then manual ones; None if the image is unreadable."""
-    intent = intent_masks(sample, setup.pool_option)
+    """The record of one pool image: pre-filled masks then manual ones; None (logged) for an image that cannot
+    be annotated: undecodable, without ground truth, or of another size than its record says."""
     try:
+        intent = intent_masks(sample, setup.pool_option)
         image = decode_image(sample.data, source=sample.source)
-    except ImageDecodeError as exc:
-        log.warning("skipped %s: %s", sample.source, exc)
+    except (ImageDecodeError, MissingGroundTruth) as exc:
+        log.warning("skipped %s", exc)
+        return None
+    if intent.shape[1:] != image.shape[:2]:
+        log.warning("skipped %s: its record says %s (H, W), the image is %s", sample.source, intent.shape[1:],
+                    image.shape[:2])
         return None
     device = setup.predictor.model.device
     intent_tensor = torch.from_numpy(intent).to(device)
