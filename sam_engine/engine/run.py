@@ -99,20 +99,22 @@ class DataEngine:
                     raise ValueError(f"data.{option}={self.cfg.data[option]}: no readable image")
                 intent_masks(first, f"data.{option}")
 
-    def run(self, stages: tuple[int, ...] = (0, 1, 2, 3, FINAL_STAGE)) -> list[dict]:
-        """Run the steps of ``stages`` (0 = seed training, 4 = final evaluation); returns the metrics rows."""
-        self.prepare_data()
-        if 0 in stages:
-            self.steps.run("seed", self.seed_step)
+    def plan(self) -> list[tuple[str, int, Callable[[Path], dict]]]:
+        """Every step of the engine, in order: (name, stage, action filling the step's directory)."""
+        steps = [("seed", 0, self.seed_step)]
         for stage in (1, 2):
-            if stage in stages:
-                for k in range(1, self.cfg[f"stage{stage}"].rounds + 1):
-                    self.steps.run(f"stage{stage}/round{k}", lambda d, s=stage, k=k: self.round_step(d, s, k))
-        if 3 in stages:
-            self.steps.run("stage3", self.stage3_step)
-        if FINAL_STAGE in stages:
-            self.steps.run("final", self.final_step)
-        return self.steps.rows
+            for k in range(1, self.cfg[f"stage{stage}"].rounds + 1):
+                steps.append((f"stage{stage}/round{k}", stage, lambda d, s=stage, k=k: self.round_step(d, s, k)))
+        return steps + [("stage3", 3, self.stage3_step), ("final", FINAL_STAGE, self.final_step)]
+
+    def run(self, stages: tuple[int, ...]) -> list[dict]:
+        """Run the steps of ``stages`` (0 = seed training, 4 = final evaluation); returns their metrics rows."""
+        self.prepare_data()
+        return [self.steps.run(name, action) for name, stage, action in self.plan() if stage in stages]
+
+    def finished_rows(self) -> list[dict]:
+        """The metrics rows of every finished step of the run, in order (what the summary shows)."""
+        return [self.steps.finished_row(name) for name, _, _ in self.plan() if self.steps.is_done(name)]
 
     def export_before(self, stage: int, round_: int = 1) -> Path:
         """The export the given step starts from: the previous step's.

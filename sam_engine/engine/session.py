@@ -19,10 +19,10 @@ UNCLAIMED_KEYS = ("logger",)
 
 
 def run_engine(cfg: DictConfig, stages: tuple[int, ...] = ALL_STAGES) -> list[dict] | None:
-    """Run (or resume) the ``stages`` of the engine run ``cfg.run_dir``; returns the metrics rows of every
-    step run so far, or None when the engine paused for people (the log says what they have to do).
+    """Run (or resume) the ``stages`` of the engine run ``cfg.run_dir``; returns the metrics rows of their
+    steps, or None when the engine paused for people (the log says what they have to do).
 
-    The summary files are rewritten after each invocation, with the steps finished so far.
+    The summary files are rewritten after each invocation, with every step of the run finished so far.
     """
     run_dir = Path(cfg.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -36,16 +36,16 @@ def run_engine(cfg: DictConfig, stages: tuple[int, ...] = ALL_STAGES) -> list[di
         dashboard = NullDashboard()
     steps = Steps(run_dir, on_done=dashboard.log_step)
     engine = DataEngine(cfg, steps, overlay=dashboard.log_overlays)
-    paused = False
+    rows = None
     try:
-        engine.run(stages)
+        rows = engine.run(stages)
     except EnginePaused as exc:
         log.warning("%s", exc)
-        paused = True
     finally:
-        if steps.rows:
-            paths = write_summary(steps.rows, run_dir)
-            dashboard.log_table(steps.rows)
+        finished = engine.finished_rows()  # the whole run's, whichever stages this invocation ran
+        if finished:
+            paths = write_summary(finished, run_dir)
+            dashboard.log_table(finished)
             log.info("summary: %s", ", ".join(str(p) for p in paths))
         dashboard.finish()
-    return None if paused else steps.rows
+    return rows

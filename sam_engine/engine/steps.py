@@ -70,7 +70,6 @@ class Steps:
     def __init__(self, run_dir: Path, on_done: Callable[[dict], None] = lambda row: None) -> None:
         self.run_dir = run_dir
         self.on_done = on_done
-        self.rows: list[dict] = []
 
     def directory(self, name: str) -> Path:
         return self.run_dir / name
@@ -78,17 +77,18 @@ class Steps:
     def is_done(self, name: str) -> bool:
         return (self.directory(name) / DONE).exists()
 
+    def finished_row(self, name: str) -> dict:
+        """The metrics row a finished step recorded."""
+        return json.loads((self.directory(name) / DONE).read_text())
+
     def run(self, name: str, action: Callable[[Path], dict]) -> dict:
         """The step's metrics row (``step`` = name, then what ``action(directory)`` returned)."""
-        done = self.directory(name) / DONE
-        if done.exists():
-            row = json.loads(done.read_text())
+        if self.is_done(name):
             log.info("step %s: done before, skipped", name)
-        else:
-            log.info("step %s: running", name)
-            self.directory(name).mkdir(parents=True, exist_ok=True)
-            row = {"step": name, **action(self.directory(name))}
-            write_json_atomic(done, row)
-            self.on_done(row)
-        self.rows.append(row)
+            return self.finished_row(name)
+        log.info("step %s: running", name)
+        self.directory(name).mkdir(parents=True, exist_ok=True)
+        row = {"step": name, **action(self.directory(name))}
+        write_json_atomic(self.directory(name) / DONE, row)
+        self.on_done(row)
         return row
