@@ -25,7 +25,6 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
-import torch
 from hydra import compose
 from omegaconf import DictConfig, OmegaConf
 
@@ -47,6 +46,7 @@ from sam_engine.data.records import decode_masks, make_record
 from sam_engine.data.shards import ShardWriter, shard_name
 from sam_engine.data.synthetic import ensure_synthetic_dataset
 from sam_engine.engine.steps import EnginePaused, Steps
+from sam_engine.label import pick_device
 from sam_engine.labelling import Labeller, LabelSummary, list_input_shards, model_id
 from sam_engine.model import load_export
 from sam_engine.predictor import SamPredictor
@@ -82,7 +82,7 @@ class DataEngine:
         self.steps = steps
         self.run_dir = Path(cfg.run_dir)
         self.overlay = overlay
-        self.device = ("cuda" if torch.cuda.is_available() else "cpu") if cfg.device == "auto" else cfg.device
+        self.device = pick_device(cfg.device)
 
     # --- the plan ------------------------------------------------------------------------------------------
 
