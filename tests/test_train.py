@@ -58,22 +58,28 @@ def test_train_writes_checkpoint_export_metrics_and_resumes(tmp_path, shards):
 
 
 @pytest.mark.slow
-def test_default_stage_one_learns_from_scratch_on_cpu(tmp_path):
-    """The default run, no override but where it writes: fresh tiny model, synthetic data, ~5 min."""
+def test_stage_one_learns_from_scratch_on_cpu(tmp_path):
+    """Stage 1's default config (fresh tiny model, synthetic data) with the engine's seed-training schedule
+    (conf/engine.yaml ``seed_training``: 320 steps of one decoder pass), what ``make demo`` trains first:
+    ~3 min here. The full default (400 steps, the last 50 with 11 passes, 32 validation images up to 20
+    clicks) takes 7 min on a 2-core CPU, too long for the suite; ``python -m sam_engine.train stage=1`` runs it."""
     import os
 
     env = {**os.environ, "SAM_ENGINE_DATA": str(tmp_path / "data")}
+    schedule = ["stage.max_steps=320", "stage.prompt_warmup_steps=320", "stage.milestones=[310]",
+                "data.synthetic.1.num_images=16", "eval.max_clicks=10"]
     result = subprocess.run(
-        [sys.executable, "-m", "sam_engine.train", "stage=1", f"engine_dir={tmp_path / 'engine'}"],
+        [sys.executable, "-m", "sam_engine.train", "stage=1", f"engine_dir={tmp_path / 'engine'}", *schedule],
         capture_output=True, text=True, timeout=900, env=env,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     metrics = json.loads((tmp_path / "engine" / "stage1" / "train" / "metrics.json").read_text())
     before, after = metrics["initial"], metrics["final"]
-    assert metrics["steps"] == 400 and metrics["skipped_steps"] == 0
+    assert metrics["steps"] == 320 and metrics["skipped_steps"] == 0
     assert after["val/miou_1pt"] > max(0.1, 4 * before["val/miou_1pt"]), metrics
     assert after["val/miou_1pt_oracle"] > 4 * before["val/miou_1pt_oracle"], metrics
     print(json.dumps(metrics))  # shown with -rP: the figures of this machine
+
 
 def test_stage_numbers_and_names_select_the_same_config():
     assert alias_stage_numbers(["x", "stage=1", "stage=3", "model=tiny"]) == [
