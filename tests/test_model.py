@@ -220,3 +220,76 @@ def test_attention_equals_official_whichever_side_is_folded(query_shape, key_sha
     (q_grad, w_grad) = torch.autograd.grad(got.square().sum(), (q, ours.q_proj.weight))
     for grad, expected_grad in ((q_grad, expected_q_grad), (w_grad, expected_w_grad)):  # sums of many terms
         assert (grad - expected_grad).abs().max() <= 1e-4 * expected_grad.abs().max()
+
+
+def test_confident_attention_weights_drop_subnormals_only():
+    from sam_engine.model.transformer import _softmax
+
+    scores = torch.tensor([[0.0, -50.0, -95.0, -100.0, -200.0]])  # e^-95 ~ 5e-42 is subnormal, e^-50 not
+    weights = _softmax(scores, dim=-1)
+    expected = scores.softmax(dim=-1)
+    assert 0 < expected[0, 2] < torch.finfo(torch.float32).tiny  # the case it exists for
+    assert weights[0, 2:].eq(0).all()
+    assert torch.equal(weights[0, :2], expected[0, :2])
+
+
+def decoder_outputs(variant: str, batch: int):
+    """A decoder with random weights, and its transformer's outputs for ``batch`` random prompts."""
+    torch.manual_seed(0)
+    model = build_sam(variant)
+    randomize(model, seed=0)
+    c, side = model.config.prompt_embed_dim, model.config.embedding_size
+    image = torch.randn(batch, c, side, side)
+    sparse = torch.randn(batch, 2, c)
+    tokens, image = model.mask_decoder.run_transformer(image, model.prompt_encoder.get_dense_pe(), sparse,
+                                                       torch.zeros(1, c, side, side))
+    return model.mask_decoder, tokens, image
+
+
+def test_channels_last_upscaling_equals_the_transposed_convolutions():
+    decoder, tokens, image = decoder_outputs("tiny", 3)
+    with torch.no_grad():
+        nchw = image.permute(0, 3, 1, 2)
+        expected = decoder.output_upscaling(nchw)  # 3 x C/8 x 4h x 4w, the official layers
+        hyper = torch.stack([mlp(tokens[:, 1 + i]) for i, mlp in enumerate(decoder.output_hypernetworks_mlps)], 1)
+        expected_logits = torch.einsum("bmc,bchw->bmhw", hyper, expected)
+        logits = decoder.predict_mask_logits(tokens, image)
+    torch.testing.assert_close(logits, expected_logits, rtol=1e-4, atol=1e-5)
+
+
+def test_selected_masks_equal_those_of_all_masks_in_chunks_of_any_size(monkeypatch):
+    import sam_engine.model.common as common
+
+    decoder, tokens, image = decoder_outputs("tiny", 5)
+    prompt, output = torch.tensor([0, 0, 2, 3, 3, 3]), torch.tensor([1, 3, 0, 1, 2, 3])
+    with torch.no_grad():
+        everything = decoder.predict_mask_logits(tokens, image)  # 5 x 4 x 64 x 64
+        for chunk_bytes in (1, 2 * 4 * 16 * 16 * 16 * 16, 2**30):  # one prompt per chunk, two, all
+            monkeypatch.setattr(common, "CPU_CHUNK_BYTES", chunk_bytes)
+            selected = decoder.predict_selected_mask_logits(tokens, image, prompt, output)
+            torch.testing.assert_close(selected, everything[prompt, output], rtol=1e-5, atol=1e-6)
+        none = decoder.predict_selected_mask_logits(tokens, image, prompt[:0], output[:0])
+    assert none.shape == (0, 64, 64)
+
+
+def test_batch_chunk_fills_the_cpu_budget_and_gives_a_gpu_the_batch():
+    from sam_engine.model.common import CPU_CHUNK_BYTES, batch_chunk
+
+    assert batch_chunk(torch.device("cpu"), CPU_CHUNK_BYTES // 4, 64) == 4
+    assert batch_chunk(torch.device("cpu"), 10 * CPU_CHUNK_BYTES, 64) == 1  # never 0
+    assert batch_chunk(torch.device("cuda"), CPU_CHUNK_BYTES, 64) == 64
+
+
+@pytest.mark.parametrize("input_size, original_size", [((256, 256), (256, 256)), ((256, 171), (256, 171)),
+                                                       ((256, 171), (600, 400))])
+def test_postprocess_equals_sams_two_interpolations(input_size, original_size):
+    import torch.nn.functional as F
+
+    model = build_sam("tiny")
+    low_res = torch.randn(2, 3, 64, 64) * 10
+    expected = F.interpolate(low_res, (256, 256), mode="bilinear", align_corners=False)
+    expected = expected[..., : input_size[0], : input_size[1]]
+    expected = F.interpolate(expected, original_size, mode="bilinear", align_corners=False)
+    got = model.postprocess_masks(low_res, input_size, original_size)
+    assert got.shape == (2, 3, *original_size) and got.is_contiguous()
+    assert torch.equal(got, expected)  # the second interpolation, skipped at equal sizes, is the identity

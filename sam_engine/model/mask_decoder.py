@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from timm.layers import LayerNorm2d
 from torch import nn
 
+from sam_engine.model.common import batch_chunk
 from sam_engine.model.transformer import TwoWayTransformer
 
 
@@ -107,7 +108,8 @@ class MaskDecoder(nn.Module):
         dense_prompt_embeddings may be 1 x C x h x w, shared).
 
         Returns:
-            tokens: B x (1 + 4 + T) x C (IoU token, mask tokens, prompt tokens); image: B x C x h x w.
+            tokens: B x (1 + 4 + T) x C (IoU token, mask tokens, prompt tokens);
+            image: B x h x w x C (channels last: the transformer's layout, no copy).
         """
         batch = sparse_prompt_embeddings.shape[0]
         if image_embeddings.shape[0] not in (1, batch):
@@ -119,7 +121,7 @@ class MaskDecoder(nn.Module):
         src = image_embeddings + dense_prompt_embeddings  # batch 1 when both are shared by every prompt
         _, c, h, w = src.shape
         tokens, image = self.transformer(src, image_pe, tokens)
-        return tokens, image.transpose(1, 2).reshape(batch, c, h, w)
+        return tokens, image.view(batch, h, w, c)
 
     def predict_iou(self, tokens: torch.Tensor) -> torch.Tensor:
         """B x 4 IoU predictions of the four outputs, from ``run_transformer``'s tokens."""
@@ -127,10 +129,65 @@ class MaskDecoder(nn.Module):
 
     def predict_mask_logits(self, tokens: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
         """B x 4 x 4h x 4w mask logits of the four outputs, from ``run_transformer``'s tokens and image."""
-        upscaled = self.output_upscaling(image)
+        batch, outputs = tokens.shape[0], self.num_mask_tokens
+        prompt = torch.arange(batch, device=tokens.device).repeat_interleave(outputs)
+        output = torch.arange(outputs, device=tokens.device).repeat(batch)
+        logits = self.predict_selected_mask_logits(tokens, image, prompt, output)
+        return logits.view(batch, outputs, *logits.shape[1:])
+
+    def predict_selected_mask_logits(
+        self, tokens: torch.Tensor, image: torch.Tensor, prompt: torch.Tensor, output: torch.Tensor
+    ) -> torch.Tensor:
+        """The logits of the masks (prompt[k], output[k]) only; the up-scaling runs for the prompts named.
+
+        On a CPU, prompts are up-scaled a few at a time (``common.batch_chunk``), so their activations
+        stay in the processor's cache between the layers.
+
+        Arguments:
+            tokens: B x T x C and image: B x h x w x C, from ``run_transformer``.
+            prompt: K int64, non-decreasing; output: K int64 in 0..3 (0: the single-mask output).
+        Returns:
+            K x 4h x 4w logits.
+        """
         mask_tokens = tokens[:, 1 : 1 + self.num_mask_tokens]
         hyper_in = torch.stack(
             [mlp(mask_tokens[:, i]) for i, mlp in enumerate(self.output_hypernetworks_mlps)], dim=1
         )  # B x 4 x C/8: one fixed loop over the four output tokens
-        b, c8, h4, w4 = upscaled.shape
-        return (hyper_in @ upscaled.view(b, c8, h4 * w4)).view(b, hyper_in.shape[1], h4, w4)
+        _, h, w, channels = image.shape
+        prompts, masks_per_prompt = prompt.unique_consecutive(return_counts=True)
+        chunk = batch_chunk(image.device, 4 * 16 * h * w * (channels // 8), len(prompts))
+        parts, first = [image.new_zeros(0, 16 * h * w)], 0  # (no mask selected: K = 0)
+        for start in range(0, len(prompts), chunk):
+            rows, counts = prompts[start : start + chunk], masks_per_prompt[start : start + chunk]
+            features = self.upscale(image[rows])  # n x 16hw x C/8
+            logits = features @ hyper_in[rows].transpose(1, 2)  # n x 16hw x 4
+            local = torch.arange(len(rows), device=rows.device).repeat_interleave(counts)
+            parts.append(logits[local, :, output[first : first + len(local)]])  # k x 16hw
+            first += len(local)
+        # Each pixel's 16 values are laid out (dy1, dx1, dy2, dx2): row 4i + 2 dy1 + dy2, column 4j + 2 dx1 + dx2.
+        selected = torch.cat(parts).view(-1, h, w, 2, 2, 2, 2)
+        return selected.permute(0, 1, 3, 5, 2, 4, 6).reshape(-1, 4 * h, 4 * w)
+
+    def upscale(self, image: torch.Tensor) -> torch.Tensor:
+        """``output_upscaling`` in the channels-last layout: n x h x w x C -> n x 16hw x C/8.
+
+        A transposed convolution of kernel 2 and stride 2 is a linear map of each pixel to its 2 x 2 output
+        pixels: one matrix product, and the channel LayerNorm then runs over contiguous memory. Row
+        ``16 (i w + j) + 8 dy1 + 4 dx1 + 2 dy2 + dx2`` holds output pixel (4i + 2 dy1 + dy2, 4j + 2 dx1 + dx2).
+        """
+        first, norm, gelu, second, last_gelu = self.output_upscaling
+        n, h, w, channels = image.shape
+        x = torch.addmm(_pixel_bias(first), image.reshape(-1, channels), _pixel_weight(first))
+        x = gelu(F.layer_norm(x.view(-1, first.out_channels), (first.out_channels,), norm.weight, norm.bias, norm.eps))
+        x = last_gelu(torch.addmm(_pixel_bias(second), x, _pixel_weight(second)))
+        return x.view(n, 16 * h * w, second.out_channels)
+
+
+def _pixel_weight(conv: nn.ConvTranspose2d) -> torch.Tensor:
+    """A 2 x 2, stride-2 transposed convolution's weight as a matrix: C_in x (2 x 2 x C_out), (dy, dx, c)."""
+    return conv.weight.permute(0, 2, 3, 1).reshape(conv.in_channels, -1)
+
+
+def _pixel_bias(conv: nn.ConvTranspose2d) -> torch.Tensor:
+    """Its bias, repeated for the 2 x 2 output pixels: (2 x 2 x C_out)."""
+    return conv.bias.repeat(4)

@@ -6,15 +6,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from sam_engine.model.common import batch_chunk
 from sam_engine.model.config import SamConfig
 from sam_engine.model.image_encoder import ImageEncoder
 from sam_engine.model.mask_decoder import MaskDecoder
 from sam_engine.model.prompt_encoder import PromptEncoder
 from sam_engine.model.transformer import TwoWayTransformer
 from sam_engine.transforms import normalize_and_pad
-
-DECODER_CHUNK_BYTES = 2**26
-"""Bytes of float32 per-prompt image activations the decoder of ``predict_confident_masks`` holds at once."""
 
 
 class Sam(nn.Module):
@@ -106,9 +104,8 @@ class Sam(nn.Module):
 
         Equal to ``predict_masks(..., multimask_output=True)`` followed by the IoU filter, but the masks
         (the decoder's up-scaling, its costliest part) are computed only for prompts with an output kept.
-        The prompts are decoded in chunks whose per-prompt image activations fill about
-        ``DECODER_CHUNK_BYTES``: the transformer's additions and norms over them are memory-bound, and
-        run several times faster on a chunk that stays in the processor's cache.
+        On a CPU, the prompts are decoded a few at a time (``common.batch_chunk``): the transformer's
+        additions and norms over their image activations are memory-bound.
 
         Arguments:
             image_embeddings: 1 x C x h x w. points: (B x N x 2, B x N) in the model input frame.
@@ -117,8 +114,8 @@ class Sam(nn.Module):
             low_res_logits: K x 4h x 4w; iou_predictions: K.
         """
         _, channels, height, width = image_embeddings.shape
-        chunk = max(1, DECODER_CHUNK_BYTES // (4 * channels * height * width))
         coords, labels = points
+        chunk = batch_chunk(image_embeddings.device, 4 * channels * height * width, len(coords))
         parts = [
             self._predict_confident_chunk(image_embeddings, (coords[i : i + chunk], labels[i : i + chunk]), min_iou, i)
             for i in range(0, len(coords), chunk)
@@ -133,10 +130,9 @@ class Sam(nn.Module):
         decoder = self.mask_decoder
         tokens, image = decoder.run_transformer(image_embeddings, self.prompt_encoder.get_dense_pe(), sparse, dense)
         iou = decoder.predict_iou(tokens)[:, 1:]
-        prompt, output = (iou > min_iou).nonzero(as_tuple=True)
-        rows, inverse = prompt.unique(return_inverse=True)
-        logits = decoder.predict_mask_logits(tokens[rows], image[rows])  # R x 4 x 4h x 4w
-        return prompt + first, output, logits[inverse, output + 1], iou[prompt, output]
+        prompt, output = (iou > min_iou).nonzero(as_tuple=True)  # prompt-major: prompt is sorted
+        logits = decoder.predict_selected_mask_logits(tokens, image, prompt, output + 1)
+        return prompt + first, output, logits, iou[prompt, output]
 
     def postprocess_masks(
         self, masks: torch.Tensor, input_size: tuple[int, int], original_size: tuple[int, int]
@@ -152,4 +148,6 @@ class Sam(nn.Module):
         """
         masks = F.interpolate(masks.float(), (self.img_size, self.img_size), mode="bilinear", align_corners=False)
         masks = masks[..., : input_size[0], : input_size[1]]
+        if tuple(input_size) == tuple(original_size):  # the identity (weights 1 and 0): skip its pass
+            return masks.contiguous()
         return F.interpolate(masks, tuple(original_size), mode="bilinear", align_corners=False)
