@@ -58,6 +58,8 @@ class Attention(nn.Module):
             return self._attend_few_queries(q, k, v)  # (an image shared by the batch is projected once instead)
         if n_keys < n_queries and self.num_heads * n_keys < self.internal_dim:
             return self._attend_few_keys(q, k, v)
+        if k.shape[0] == 1 < q.shape[0]:
+            return self._attend_shared_keys(q, k, v)
         q, k, v = (self._split_heads(proj(x)) for proj, x in ((self.q_proj, q), (self.k_proj, k), (self.v_proj, v)))
         batch = max(q.shape[0], k.shape[0])
         out = F.scaled_dot_product_attention(
@@ -66,6 +68,15 @@ class Attention(nn.Module):
         b, _, n, _ = out.shape
         return self.out_proj(out.transpose(1, 2).reshape(b, n, self.internal_dim))
 
+    def _attend_shared_keys(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """Attention of B x Nq queries to keys and values shared by the batch (1 x Nk x C): the B x Nq queries
+        attend as one sequence of one batch, so the shared keys are neither copied nor projected per prompt."""
+        batch, n_queries, _ = q.shape
+        q, k, v = (self._split_heads(proj(x)) for proj, x in ((self.q_proj, q), (self.k_proj, k), (self.v_proj, v)))
+        heads, head_dim = self.num_heads, self.internal_dim // self.num_heads
+        merged = q.transpose(0, 1).reshape(1, heads, batch * n_queries, head_dim)
+        out = F.scaled_dot_product_attention(merged, k, v).view(heads, batch, n_queries, head_dim)
+        return self.out_proj(out.permute(1, 2, 0, 3).reshape(batch, n_queries, self.internal_dim))
 
     def _head_weights(self, projection: nn.Linear) -> torch.Tensor:
         """An input projection's weight per head: heads x D/heads x C."""
@@ -121,8 +132,8 @@ def _softmax(scores: torch.Tensor, dim: int) -> torch.Tensor:
     subnormal numbers; an x86 CPU multiplies those dozens of times slower (the final token-to-image
     attention of a trained SAM ran 16x slower than the others), and they add less than 1e-38 to any result.
     """
-    weights = scores.softmax(dim=dim)
-    return weights.masked_fill(weights < torch.finfo(weights.dtype).tiny, 0.0)
+    weights = scores.softmax(dim=dim)  # in place where no gradient needs the softmax's output
+    return F.threshold(weights, torch.finfo(weights.dtype).tiny, 0.0, inplace=not torch.is_grad_enabled())
 
 
 class TwoWayAttentionBlock(nn.Module):
