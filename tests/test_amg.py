@@ -12,7 +12,7 @@ from segment_anything.utils import amg as official_amg
 
 from sam_engine.amg import SamAutomaticMaskGenerator
 from sam_engine.amg.grids import crop_boxes, layer_point_grids
-from sam_engine.amg.mask_ops import masks_to_boxes, near_crop_edge, stability_scores
+from sam_engine.amg.mask_ops import count_true, masks_to_boxes, near_crop_edge, stability_scores
 from sam_engine.data.records import make_record, validate_record
 from sam_engine.model import load_export
 from sam_engine.model.official import official_twin
@@ -107,6 +107,17 @@ def test_grids_and_crops_equal_the_official(size, layers):
     for ours, ref in zip(layer_point_grids(32, layers, 2), official_amg.build_all_layer_point_grids(32, layers, 2),
                          strict=True):
         np.testing.assert_array_equal(ours, ref)
+
+
+@pytest.mark.parametrize("length", [0, 1, 254, 255, 256, 255 * 255, 255 * 255 + 7, 65536])
+def test_count_true_counts_every_row_exactly(length):
+    generator = torch.Generator().manual_seed(length)
+    flags = torch.rand(4, length, generator=generator) > 0.4
+    flags[0] = True  # 255 Trues in every uint8 position: the largest partial sum
+    flags[1] = False
+    counts = count_true(flags)
+    assert counts.dtype == torch.int32
+    assert counts.tolist() == flags.sum(dim=-1).tolist() and counts[0] == length
 
 
 def test_mask_operations_equal_the_official():

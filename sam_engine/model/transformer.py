@@ -42,8 +42,11 @@ class Attention(nn.Module):
         b, n, d = x.shape
         return x.view(b, n, self.num_heads, d // self.num_heads).transpose(1, 2)
 
-    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        """q: B x Nq x C, k and v: B x Nk x C -> B x Nq x C.
+    def forward(
+        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, residual: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """q: B x Nq x C, k and v: B x Nk x C -> B x Nq x C, plus ``residual`` (B or 1 x Nq x C) if given:
+        a skip connection, added inside the output product where the image's side is folded.
 
         Either side may have batch 1 where it is shared by every prompt (the image before the first
         block): it is projected once and broadcast, not once per prompt.
@@ -54,10 +57,16 @@ class Attention(nn.Module):
         operations. The decoder of the automatic mask generator spends most of its time here.
         """
         n_queries, n_keys = q.shape[1], k.shape[1]
+        if n_keys < n_queries and self.num_heads * n_keys < self.internal_dim:
+            return self._attend_few_keys(q, k, v, residual)
+        out = self._attend(q, k, v)
+        return out if residual is None else residual + out
+
+    def _attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """``forward`` without a residual, where the image's side is not folded into the keys."""
+        n_queries, n_keys = q.shape[1], k.shape[1]
         if n_queries < n_keys and self.num_heads * n_queries < self.internal_dim and k.shape[0] == q.shape[0]:
             return self._attend_few_queries(q, k, v)  # (an image shared by the batch is projected once instead)
-        if n_keys < n_queries and self.num_heads * n_keys < self.internal_dim:
-            return self._attend_few_keys(q, k, v)
         if k.shape[0] == 1 < q.shape[0]:
             return self._attend_shared_keys(q, k, v)
         q, k, v = (self._split_heads(proj(x)) for proj, x in ((self.q_proj, q), (self.k_proj, k), (self.v_proj, v)))
@@ -99,11 +108,14 @@ class Attention(nn.Module):
         out = out + self.v_proj.bias.view(heads, head_dim)
         return self.out_proj(out.reshape(batch, n_queries, self.internal_dim))
 
-    def _attend_few_keys(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    def _attend_few_keys(
+        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, residual: torch.Tensor | None
+    ) -> torch.Tensor:
         """Attention of Nq image positions to Nk << Nq tokens (arguments and result as ``forward``).
 
         Score of query i, head h, key j: (W_q,h x_i + b_q,h) . k_jh = (W_q,h^T k_jh) . x_i + b_q,h . k_jh.
-        Output: W_o (concat_h sum_j a_ihj v_jh) + b_o = sum_h sum_j a_ihj (W_o,h v_jh) + b_o. The image
+        Output: W_o (concat_h sum_j a_ihj v_jh) + b_o = sum_h sum_j a_ihj (W_o,h v_jh + b_o / heads), as each
+        head's weights sum to 1; the product starts from the residual, so no pass adds either. The image
         enters two batched products with B x (heads Nk) x C matrices. Scores are laid out B x heads x Nk x
         Nq, so the softmax over the Nk keys runs along contiguous rows of queries.
         """
@@ -121,8 +133,11 @@ class Attention(nn.Module):
         weights = _softmax(scores.view(batch, heads, n_keys, n_queries), dim=2).view(batch, heads * n_keys, n_queries)
         values = self.v_proj(v).view(-1, n_keys, heads, head_dim)
         out_weight = self.out_proj.weight.view(-1, heads, head_dim)  # C x heads x D/heads
-        folded_values = torch.einsum("bjhd,chd->bhjc", values, out_weight).flatten(1, 2)  # B x heads Nk x C
-        return torch.baddbmm(self.out_proj.bias, weights.transpose(1, 2), folded_values)
+        folded_values = torch.einsum("bjhd,chd->bhjc", values, out_weight)  # B x heads x Nk x C
+        if residual is None:
+            return torch.baddbmm(self.out_proj.bias, weights.transpose(1, 2), folded_values.flatten(1, 2))
+        folded_values = (folded_values + self.out_proj.bias / heads).flatten(1, 2)
+        return torch.baddbmm(residual, weights.transpose(1, 2), folded_values)
 
 
 def _softmax(scores: torch.Tensor, dim: int) -> torch.Tensor:
@@ -177,7 +192,7 @@ class TwoWayAttentionBlock(nn.Module):
         k = keys + key_pe
         queries = self.norm2(queries + self.cross_attn_token_to_image(queries + query_pe, k, keys))
         queries = self.norm3(queries + self.mlp(queries))
-        keys = self.norm4(keys + self.cross_attn_image_to_token(k, queries + query_pe, queries))
+        keys = self.norm4(self.cross_attn_image_to_token(k, queries + query_pe, queries, residual=keys))
         return queries, keys
 
 
