@@ -6,14 +6,14 @@ import torch
 from torch import nn
 
 CPU_CHUNK_BYTES = 2**24
-"""Bytes of activations per item a CPU computes at once where ``batch_chunk`` splits a batch (16 MiB)."""
+"""Bytes of activations a CPU computes at once where ``batch_chunk`` splits a batch (16 MiB)."""
 
 
 def batch_chunk(device: torch.device, bytes_per_item: int, batch: int) -> int:
     """How many items of a batch to compute together: on a CPU, as many as fill ``CPU_CHUNK_BYTES``.
 
     Element-wise passes (additions, norms, activations) over a CPU's main memory are its bottleneck at
-    1024 px: over chunks that stay in its caches between operations, SAM's decoder runs ~1.5x faster.
+    1024 px: over chunks that stay in its caches between operations, SAM's decoder ran ~1.4x faster.
     A GPU gets the whole batch (always at least 1).
     """
     if device.type != "cpu":
