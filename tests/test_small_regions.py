@@ -1,7 +1,5 @@
 """Batched small-region removal against the official per-mask ``remove_small_regions``."""
 
-import time
-
 import cv2
 import numpy as np
 import pytest
@@ -140,19 +138,3 @@ def test_bad_input():
         remove_small_regions(np.zeros((4, 4), bool), 3)
     with pytest.raises(ValueError, match="max_pixels_per_call"):
         remove_small_regions(np.zeros((1, 4, 4), bool), 3, max_pixels_per_call=0)
-
-
-def test_speed_sanity():
-    """Printed, never asserted: 200 masks of 512 x 512, batched vs the official per-mask loop."""
-    rng = np.random.default_rng(3)
-    masks = blobs(rng, 200, 512, 512)
-    t0 = time.perf_counter()
-    expected, expected_changed = official(masks, 100)
-    t1 = time.perf_counter()
-    got, got_changed = remove_small_regions(masks, 100)
-    t2 = time.perf_counter()
-    assert np.array_equal(got, expected) and np.array_equal(got_changed, expected_changed)
-    print(
-        f"\nremove_small_regions, 200 x 512 x 512, min_area=100, {int(expected_changed.sum())} changed: "
-        f"official loop {t1 - t0:.3f} s, batched {t2 - t1:.3f} s ({(t1 - t0) / (t2 - t1):.1f}x)"
-    )

@@ -50,7 +50,7 @@ from sam_engine.label import pick_device
 from sam_engine.labelling import Labeller, LabelSummary, list_input_shards, model_id
 from sam_engine.model import load_export
 from sam_engine.predictor import SamPredictor
-from sam_engine.train import evaluate, train
+from sam_engine.training import evaluate, train
 from sam_engine.visualize import overlay_masks, save_png
 
 log = logging.getLogger(__name__)
