@@ -56,7 +56,7 @@ def submit(slurm_cluster, disk_export, disk_thresholds, tmp_path, monkeypatch):
 
 def task_log(tmp_path: Path, job: int, task: int) -> str:
     path = tmp_path / f"slurm-sam-label-{job}_{task}.out"
-    return path.read_text() if path.exists() else ""
+    return path.read_text(errors="replace") if path.exists() else ""
 
 
 def logs(tmp_path: Path, job: int) -> str:
