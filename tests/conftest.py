@@ -1,6 +1,7 @@
 """Shared fixtures. Model helpers live in tests/model_helpers.py."""
 
 import os
+from pathlib import Path
 
 import pytest
 from slurm_cluster import slurm_cluster  # noqa: F401  (a real single-node SLURM on localhost, for any test)
@@ -48,3 +49,16 @@ def disk_thresholds(disk_export):
     from sam_engine.model import load_export
 
     return amg_thresholds(load_export(disk_export), photograph())
+
+
+@pytest.fixture(scope="session")
+def ddp_run(tmp_path_factory, shards) -> tuple[Path, str]:
+    """Four steps of two-process DDP on CPU (gloo), clipping every step: (run_dir, the command's stdout and
+    stderr). The DDP test checks its outputs; the FSDP tests compare FSDP's run with it."""
+    from test_distributed import CLIP, DDP_CPU
+    from test_train import FAST, train
+
+    engine_dir = tmp_path_factory.mktemp("ddp")
+    result = train(*FAST, *shards, *DDP_CPU, CLIP, f"engine_dir={engine_dir}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    return engine_dir / "stage1" / "train", result.stdout + result.stderr
