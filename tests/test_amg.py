@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -12,7 +14,7 @@ from segment_anything.utils import amg as official_amg
 
 from sam_engine.amg import SamAutomaticMaskGenerator
 from sam_engine.amg.grids import crop_boxes, layer_point_grids
-from sam_engine.amg.mask_ops import count_true, masks_to_boxes, near_crop_edge, stability_scores
+from sam_engine.amg.mask_ops import above, count_true, masks_to_boxes, near_crop_edge, stability_scores
 from sam_engine.data.records import make_record, validate_record
 from sam_engine.model import load_export
 from sam_engine.model.official import official_twin
@@ -118,6 +120,16 @@ def test_count_true_counts_every_row_exactly(length):
     counts = count_true(flags)
     assert counts.dtype == torch.int32
     assert counts.tolist() == flags.sum(dim=-1).tolist() and counts[0] == length
+
+
+@pytest.mark.parametrize("threshold", [1.0, 0.0, -1.0, 0.5])
+def test_above_is_the_comparison(threshold):
+    edge = [1.0, 1.0000001, 0.99999994, -1.0, -0.99999994, 0.5, 0.0, -0.0, 1e-45, -1e-45]
+    values = torch.tensor([*edge, math.inf, -math.inf, math.nan, *torch.randn(50).tolist()]).view(7, 9)
+    expected = values > threshold  # NaN: False
+    assert torch.equal(above(values, threshold), expected)
+    buffer = values.clone()
+    assert torch.equal(above(buffer, threshold, buffer), expected)  # in place: the values are spent
 
 
 def test_mask_operations_equal_the_official():

@@ -159,7 +159,7 @@ class MaskDecoder(nn.Module):
         parts, first = [image.new_zeros(0, 16 * h * w)], 0  # (no mask selected: K = 0)
         for start in range(0, len(prompts), chunk):
             rows, counts = prompts[start : start + chunk], masks_per_prompt[start : start + chunk]
-            features = self.upscale(image[rows])  # n x 16hw x C/8
+            features = self.upscale(image.index_select(0, rows))  # n x 16hw x C/8
             logits = features @ hyper_in[rows].transpose(1, 2)  # n x 16hw x 4
             local = torch.arange(len(rows), device=rows.device).repeat_interleave(counts)
             parts.append(logits[local, :, output[first : first + len(local)]])  # k x 16hw
