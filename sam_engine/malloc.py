@@ -1,5 +1,5 @@
 """glibc's malloc set to keep freed memory for reuse: a CPU process that allocates large tensors by the
-gigabyte (the automatic mask generator) otherwise spends a quarter of its time in page faults."""
+gigabyte (the automatic mask generator) otherwise spends a quarter to a third of its time in page faults."""
 
 from __future__ import annotations
 

@@ -123,7 +123,7 @@ class SamAutomaticMaskGenerator:
         precision: the predictor's ("auto": bf16 autocast on CUDA, float32 elsewhere).
 
     Creating one sets the process's glibc malloc to keep freed memory for reuse (``malloc.reuse_freed_memory``):
-    without it a third of the generator's time on a CPU went to page faults.
+    without it a quarter to a third of the generator's time on a CPU went to page faults.
     """
 
     def __init__(
