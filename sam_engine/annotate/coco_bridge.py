@@ -54,7 +54,7 @@ import numpy as np
 from pycocotools import mask as mask_utils
 
 from sam_engine.atomic_files import write_bytes_atomic
-from sam_engine.data.coco import CocoImage, _image_entry, coco_rle, load_coco_json
+from sam_engine.data.coco import CocoImage, coco_rle, image_entry, load_coco_json
 from sam_engine.data.importing import ImportSink, PreparedImage, SkipSample
 from sam_engine.data.loader import MASK_DECODE_BYTES
 from sam_engine.data.records import (
@@ -246,7 +246,7 @@ class _CocoImages:
                 skip(source, exc.kind, str(exc))
 
     def _add(self, raw: object, where: str) -> None:
-        entry = _image_entry(raw, where)
+        entry = image_entry(raw, where)
         if entry.id in self.entries:
             raise SkipSample("duplicate_image_id", f"{where}: image id {entry.id!r} appears twice")
         key = raw.get(KEY_FIELD)

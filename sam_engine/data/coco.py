@@ -94,7 +94,7 @@ class CocoImage(NamedTuple):
     width: int
 
 
-def _image_entry(entry: object, where: str) -> CocoImage:
+def image_entry(entry: object, where: str) -> CocoImage:
     """The checked fields of a COCO image entry, or SkipSample ``bad_image_entry``."""
     if not isinstance(entry, dict):
         raise SkipSample("bad_image_entry", f"{where}: expected an object, got {type(entry).__name__}")
@@ -218,7 +218,7 @@ def import_coco(
         for i, entry in enumerate(dataset["images"]):
             where = f"{annotations}: images[{i}]"
             try:
-                image = _image_entry(entry, where)
+                image = image_entry(entry, where)
             except SkipSample as exc:
                 sink.report.skip(where, exc.kind, str(exc))
                 continue
