@@ -198,7 +198,10 @@ def test_fresh_attention_keys_start_mimetic():
         ((3, 18, 256), (3, 300, 256)),  # 8 heads x 18 tokens >= 128: projected as usual
     ],
 )
-def test_attention_equals_official_whichever_side_is_folded(query_shape, key_shape):
+@pytest.mark.parametrize("encodings", [False, True])
+@pytest.mark.parametrize("grad", [True, False])
+def test_attention_equals_official_whichever_side_is_folded(query_shape, key_shape, encodings, grad):
+    """Values and gradients; with ``encodings``, q_pe and k_pe given apart equal adding them first."""
     from segment_anything.modeling.transformer import Attention as OfficialAttention
 
     from sam_engine.model.transformer import Attention
@@ -212,14 +215,33 @@ def test_attention_equals_official_whichever_side_is_folded(query_shape, key_sha
     official.load_state_dict(ours.state_dict())
     q = torch.randn(query_shape, requires_grad=True)
     k = torch.randn(key_shape, requires_grad=True)
+    q_pe, k_pe = (torch.randn(1, *shape[1:]) if encodings else torch.zeros(1, *shape[1:])
+                  for shape in (query_shape, key_shape))
     batch = max(query_shape[0], key_shape[0])
-    expected = official(q.expand(batch, -1, -1), k.expand(batch, -1, -1), k.expand(batch, -1, -1))
-    got = ours(q, k, k)
+    with torch.set_grad_enabled(grad):  # without a gradient, the encodings' scores are added in place
+        expected = official((q + q_pe).expand(batch, -1, -1), (k + k_pe).expand(batch, -1, -1),
+                            k.expand(batch, -1, -1))
+        got = ours(q, k, k, q_pe=q_pe, k_pe=k_pe) if encodings else ours(q, k, k)
     torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)
+    if not grad:
+        return
     (expected_q_grad, expected_w_grad) = torch.autograd.grad(expected.square().sum(), (q, official.q_proj.weight))
     (q_grad, w_grad) = torch.autograd.grad(got.square().sum(), (q, ours.q_proj.weight))
-    for grad, expected_grad in ((q_grad, expected_q_grad), (w_grad, expected_w_grad)):  # sums of many terms
-        assert (grad - expected_grad).abs().max() <= 1e-4 * expected_grad.abs().max()
+    for got_grad, expected_grad in ((q_grad, expected_q_grad), (w_grad, expected_w_grad)):  # sums of many terms
+        assert (got_grad - expected_grad).abs().max() <= 1e-4 * expected_grad.abs().max()
+
+
+def test_transformer_returns_the_tokens_asked_for():
+    """``returned_tokens``: the first tokens of the full output, the image unchanged."""
+    torch.manual_seed(0)
+    transformer = randomize(build_sam("tiny"), seed=0).mask_decoder.transformer
+    image, pe, tokens = torch.randn(1, 128, 16, 16), torch.randn(1, 128, 16, 16), torch.randn(3, 7, 128)
+    with torch.no_grad():
+        all_tokens, all_image = transformer(image, pe, tokens)
+        first_tokens, image_out = transformer(image, pe, tokens, returned_tokens=5)
+    assert first_tokens.shape == (3, 5, 128)
+    torch.testing.assert_close(first_tokens, all_tokens[:, :5], rtol=1e-5, atol=1e-6)
+    assert torch.equal(image_out, all_image)
 
 
 def test_confident_attention_weights_drop_subnormals_only():

@@ -108,7 +108,8 @@ class MaskDecoder(nn.Module):
         dense_prompt_embeddings may be 1 x C x h x w, shared).
 
         Returns:
-            tokens: B x (1 + 4 + T) x C (IoU token, mask tokens, prompt tokens);
+            tokens: B x (1 + 4) x C, the IoU token and the mask tokens (the prompt tokens' outputs are never
+            read, so the transformer's final attention skips them);
             image: B x h x w x C (channels last: the transformer's layout, no copy).
         """
         batch = sparse_prompt_embeddings.shape[0]
@@ -120,7 +121,7 @@ class MaskDecoder(nn.Module):
         tokens = torch.cat([output_tokens.expand(batch, -1, -1), sparse_prompt_embeddings], dim=1)
         src = image_embeddings + dense_prompt_embeddings  # batch 1 when both are shared by every prompt
         _, c, h, w = src.shape
-        tokens, image = self.transformer(src, image_pe, tokens)
+        tokens, image = self.transformer(src, image_pe, tokens, returned_tokens=len(output_tokens))
         return tokens, image.view(batch, h, w, c)
 
     def predict_iou(self, tokens: torch.Tensor) -> torch.Tensor:

@@ -43,10 +43,20 @@ class Attention(nn.Module):
         return x.view(b, n, self.num_heads, d // self.num_heads).transpose(1, 2)
 
     def forward(
-        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, residual: torch.Tensor | None = None
+        self,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        residual: torch.Tensor | None = None,
+        q_pe: torch.Tensor | None = None,
+        k_pe: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """q: B x Nq x C, k and v: B x Nk x C -> B x Nq x C, plus ``residual`` (B or 1 x Nq x C) if given:
         a skip connection, added inside the output product where the image's side is folded.
+
+        ``q_pe`` (1 x Nq x C) and ``k_pe`` (1 x Nk x C), if given, are positional encodings: the attention is
+        that of ``q + q_pe`` to ``k + k_pe``. Given apart, an encoding of the image side is projected once
+        and enters the scores through the few tokens' side, instead of being added to every prompt's image.
 
         Either side may have batch 1 where it is shared by every prompt (the image before the first
         block): it is projected once and broadcast, not once per prompt.
@@ -57,16 +67,17 @@ class Attention(nn.Module):
         operations. The decoder of the automatic mask generator spends most of its time here.
         """
         n_queries, n_keys = q.shape[1], k.shape[1]
-        if n_keys < n_queries and self.num_heads * n_keys < self.internal_dim:
-            return self._attend_few_keys(q, k, v, residual)
-        out = self._attend(q, k, v)
+        few = self.num_heads * min(n_queries, n_keys) < self.internal_dim
+        if few and n_keys < n_queries:
+            return self._attend_few_keys(q, _with_pe(k, k_pe), v, residual, q_pe)
+        if few and n_queries < n_keys and k.shape[0] == q.shape[0]:
+            out = self._attend_few_queries(_with_pe(q, q_pe), k, v, k_pe)
+        else:  # (an image shared by the batch is projected once instead)
+            out = self._attend(_with_pe(q, q_pe), _with_pe(k, k_pe), v)
         return out if residual is None else residual + out
 
     def _attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        """``forward`` without a residual, where the image's side is not folded into the keys."""
-        n_queries, n_keys = q.shape[1], k.shape[1]
-        if n_queries < n_keys and self.num_heads * n_queries < self.internal_dim and k.shape[0] == q.shape[0]:
-            return self._attend_few_queries(q, k, v)  # (an image shared by the batch is projected once instead)
+        """``forward`` without a residual or encodings, where neither side is folded into the other."""
         if k.shape[0] == 1 < q.shape[0]:
             return self._attend_shared_keys(q, k, v)
         q, k, v = (self._split_heads(proj(x)) for proj, x in ((self.q_proj, q), (self.k_proj, k), (self.v_proj, v)))
@@ -91,25 +102,36 @@ class Attention(nn.Module):
         """An input projection's weight per head: heads x D/heads x C."""
         return projection.weight.view(self.num_heads, -1, projection.weight.shape[1])
 
-    def _attend_few_queries(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    def _attend_few_queries(
+        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, k_pe: torch.Tensor | None
+    ) -> torch.Tensor:
         """Attention of Nq tokens to Nk >> Nq image positions (arguments and result as ``forward``).
 
         Score of query i, head h, key j: q_ih . (W_k,h x_j + b_k,h) = (W_k,h^T q_ih) . x_j + const(i, h),
         and a constant along j leaves the softmax unchanged. Output: sum_j a_ihj (W_v,h x_j + b_v,h) =
         W_v,h (sum_j a_ihj x_j) + b_v,h. The image enters two batched products of B x (heads Nq) x C.
+        The keys' encoding adds q_ih . (W_k,h p_j): a product of the head's D/heads values, not of C.
         """
         batch, n_queries, _ = q.shape
         heads, head_dim = self.num_heads, self.internal_dim // self.num_heads
-        queries = self.q_proj(q).view(batch, n_queries, heads, head_dim)
-        folded = torch.einsum("bnhd,hdc->bhnc", queries, self._head_weights(self.k_proj)) * head_dim**-0.5
+        queries = self.q_proj(q).view(batch, n_queries, heads, head_dim) * head_dim**-0.5
+        folded = torch.einsum("bnhd,hdc->bhnc", queries, self._head_weights(self.k_proj))
         scores = folded.reshape(batch, heads * n_queries, -1) @ k.transpose(1, 2)  # B x heads Nq x Nk
+        if k_pe is not None:
+            encoded = F.linear(k_pe[0], self.k_proj.weight)  # Nk x D (the bias would add a constant along j)
+            scores = _add_head_scores(scores, queries, encoded)
         mixed = (_softmax(scores, dim=-1) @ v).view(batch, heads, n_queries, -1)  # B x heads x Nq x C
         out = torch.einsum("bhnc,hdc->bnhd", mixed, self._head_weights(self.v_proj))
         out = out + self.v_proj.bias.view(heads, head_dim)
         return self.out_proj(out.reshape(batch, n_queries, self.internal_dim))
 
     def _attend_few_keys(
-        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, residual: torch.Tensor | None
+        self,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        residual: torch.Tensor | None,
+        q_pe: torch.Tensor | None,
     ) -> torch.Tensor:
         """Attention of Nq image positions to Nk << Nq tokens (arguments and result as ``forward``).
 
@@ -117,19 +139,20 @@ class Attention(nn.Module):
         Output: W_o (concat_h sum_j a_ihj v_jh) + b_o = sum_h sum_j a_ihj (W_o,h v_jh + b_o / heads), as each
         head's weights sum to 1; the product starts from the residual, so no pass adds either. The image
         enters two batched products with B x (heads Nk) x C matrices. Scores are laid out B x heads x Nk x
-        Nq, so the softmax over the Nk keys runs along contiguous rows of queries.
+        Nq, so the softmax over the Nk keys runs along contiguous rows of queries. The queries' encoding
+        adds (W_q,h p_i) . k_jh, a product of the head's D/heads values, which carries the bias term too.
         """
         n_queries, n_keys = q.shape[1], k.shape[1]
         heads, head_dim = self.num_heads, self.internal_dim // self.num_heads
         keys = self.k_proj(k).view(-1, n_keys, heads, head_dim) * head_dim**-0.5
         folded = torch.einsum("bjhd,hdc->bhjc", keys, self._head_weights(self.q_proj))  # B x heads x Nk x C
-        bias = torch.einsum("bjhd,hd->bhj", keys, self.q_proj.bias.view(heads, head_dim))
         batch = folded.shape[0]
         if q.shape[0] == 1:  # an image shared by the batch: one product, no copy of it per prompt
             scores = (folded.reshape(-1, q.shape[2]) @ q[0].T).view(batch, heads * n_keys, n_queries)
         else:
             scores = folded.flatten(1, 2) @ q.transpose(1, 2)
-        scores = scores + bias.flatten(1)[..., None]  # B x heads Nk x Nq
+        encoded = self.q_proj.bias.expand(n_queries, -1) if q_pe is None else self.q_proj(q_pe[0])  # Nq x D
+        scores = _add_head_scores(scores, keys, encoded)  # B x heads Nk x Nq
         weights = _softmax(scores.view(batch, heads, n_keys, n_queries), dim=2).view(batch, heads * n_keys, n_queries)
         values = self.v_proj(v).view(-1, n_keys, heads, head_dim)
         out_weight = self.out_proj.weight.view(-1, heads, head_dim)  # C x heads x D/heads
@@ -138,6 +161,29 @@ class Attention(nn.Module):
             return torch.baddbmm(self.out_proj.bias, weights.transpose(1, 2), folded_values.flatten(1, 2))
         folded_values = (folded_values + self.out_proj.bias / heads).flatten(1, 2)
         return torch.baddbmm(residual, weights.transpose(1, 2), folded_values)
+
+
+def _with_pe(x: torch.Tensor, pe: torch.Tensor | None) -> torch.Tensor:
+    """``x`` with its positional encoding added, if any."""
+    return x if pe is None else x + pe
+
+
+def _add_head_scores(scores: torch.Tensor, tokens: torch.Tensor, encoded: torch.Tensor) -> torch.Tensor:
+    """``scores`` (B x heads N x M) plus, per head, the tokens' products with an encoded image side.
+
+    Arguments:
+        tokens: B x N x heads x D/heads, projected tokens (N: the few side).
+        encoded: M x D, the image side's encoding, projected (M: the many side).
+    Returns:
+        B x heads N x M: scores[b, h N + n, m] + tokens[b, n, h] . encoded[m, h]; in place unless a gradient
+        is recorded.
+    """
+    batch, n_tokens, heads, head_dim = tokens.shape
+    per_head = tokens.permute(2, 0, 1, 3).reshape(heads, batch * n_tokens, head_dim)
+    products = per_head @ encoded.view(-1, heads, head_dim).permute(1, 2, 0)  # heads x B N x M
+    products = products.view(heads, batch, n_tokens, -1).transpose(0, 1)  # B x heads x N x M, a view
+    grid = scores.view(batch, heads, n_tokens, -1)
+    return (grid + products if torch.is_grad_enabled() else grid.add_(products)).view(scores.shape)
 
 
 def _softmax(scores: torch.Tensor, dim: int) -> torch.Tensor:
@@ -189,10 +235,11 @@ class TwoWayAttentionBlock(nn.Module):
             queries = queries + self.self_attn(q, q, queries)
         queries = self.norm1(queries)
 
-        k = keys + key_pe
-        queries = self.norm2(queries + self.cross_attn_token_to_image(queries + query_pe, k, keys))
+        queries = self.norm2(queries + self.cross_attn_token_to_image(queries + query_pe, keys, keys, k_pe=key_pe))
         queries = self.norm3(queries + self.mlp(queries))
-        keys = self.norm4(self.cross_attn_image_to_token(k, queries + query_pe, queries, residual=keys))
+        keys = self.norm4(
+            self.cross_attn_image_to_token(keys, queries + query_pe, queries, residual=keys, q_pe=key_pe)
+        )
         return queries, keys
 
 
@@ -222,21 +269,30 @@ class TwoWayTransformer(nn.Module):
         self.norm_final_attn = nn.LayerNorm(embedding_dim)
 
     def forward(
-        self, image_embedding: torch.Tensor, image_pe: torch.Tensor, point_embedding: torch.Tensor
+        self,
+        image_embedding: torch.Tensor,
+        image_pe: torch.Tensor,
+        point_embedding: torch.Tensor,
+        returned_tokens: int | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """
         Arguments:
             image_embedding: B x C x h x w, or 1 x C x h x w shared by the B prompts (the first block
                 then projects it once).
-            image_pe: B x C x h x w (or 1 x C x h x w), its positional encoding.
+            image_pe: 1 x C x h x w, its positional encoding (the same for every prompt).
             point_embedding: B x Nt x C, the output and prompt tokens.
+            returned_tokens: if given, only the first this many tokens go through the final attention
+                and are returned (each token's final attention is its own).
         Returns:
-            tokens: B x Nt x C; image: B x h*w x C.
+            tokens: B x Nt x C (B x returned_tokens x C); image: B x h*w x C.
         """
+        if image_pe.shape[0] != 1:
+            raise ValueError(f"image_pe must have batch 1 (shared by every prompt), got {tuple(image_pe.shape)}")
         keys = image_embedding.flatten(2).transpose(1, 2)
         key_pe = image_pe.flatten(2).transpose(1, 2)
         queries = point_embedding
         for layer in self.layers:
             queries, keys = layer(queries, keys, query_pe=point_embedding, key_pe=key_pe)
-        attn_out = self.final_attn_token_to_image(queries + point_embedding, keys + key_pe, keys)
+        queries, point_embedding = queries[:, :returned_tokens], point_embedding[:, :returned_tokens]
+        attn_out = self.final_attn_token_to_image(queries + point_embedding, keys, keys, k_pe=key_pe)
         return self.norm_final_attn(queries + attn_out), keys
