@@ -75,7 +75,8 @@ def main(cfg: DictConfig) -> dict:
     log.info("task %d of %d: %d of %d input shards", task_index, num_tasks, len(mine), len(shards))
 
     model = load_export(cfg.checkpoint).to(pick_device(cfg.device)).eval()
-    generator = SamAutomaticMaskGenerator(model, precision=cfg.precision, **OmegaConf.to_container(cfg.amg))
+    generator = SamAutomaticMaskGenerator(model, precision=cfg.precision, cpu_workers=cfg.cpu_workers,
+                                          **OmegaConf.to_container(cfg.amg))
     provenance = {"source": "auto", "stage": int(cfg.stage.number), "model": model_id(cfg.checkpoint)}
     folder = Path(cfg.input) if mine and mine[0].url is None else None
     labeller = Labeller(generator, cfg.output, provenance, cfg.max_short_side, folder_root=folder)

@@ -71,6 +71,19 @@ def test_same_masks_as_the_official_generator(models, thresholds, crop_n_layers,
         assert len({tuple(a["crop_box"]) for a in ours}) > 1, "crops contributed no mask"
 
 
+def test_cpu_workers_find_the_masks_of_one_batch_at_a_time(models, thresholds):
+    """Batches decoded by two single-threaded workers (``cpu_workers``: the default on CI's 2 cores) give the
+    masks of the sequential decoding, in the same order (their float sums may round differently)."""
+    image = photograph()
+    one, two = (SamAutomaticMaskGenerator(models[0], cpu_workers=workers, **thresholds).generate(image)
+                for workers in (1, 2))
+    assert len(one) >= 20
+    assert match(two, one).tolist() == list(range(len(one)))
+    for a, b in zip(one, two, strict=True):
+        assert a["predicted_iou"] == pytest.approx(b["predicted_iou"], abs=1e-5)
+        assert a["stability_score"] == pytest.approx(b["stability_score"], abs=1e-3)
+
+
 def test_nothing_passing_gives_an_empty_list(models):
     generator = SamAutomaticMaskGenerator(models[0], points_per_side=8, pred_iou_thresh=0.999, crop_n_layers=1)
     assert generator.generate(photograph()) == []
@@ -90,7 +103,7 @@ def test_degenerate_and_unusual_images(models, thresholds, shape):
 @pytest.mark.parametrize(
     "options",
     [dict(points_per_side=0), dict(pred_iou_thresh=1.5), dict(crop_n_layers=-1), dict(min_mask_region_area=2.5),
-     dict(points_per_side=4, crop_n_layers=3, crop_n_points_downscale_factor=2)],
+     dict(points_per_side=4, crop_n_layers=3, crop_n_points_downscale_factor=2), dict(cpu_workers=0)],
 )
 def test_bad_options_are_refused(models, options):
     with pytest.raises(ValueError, match=next(iter(options)) if len(options) == 1 else "points"):
