@@ -20,6 +20,9 @@ from typing import TypeVar
 
 import torch
 
+THREAD_NAME = "sam-engine-cpu"
+"""The workers' name prefix."""
+
 Item = TypeVar("Item")
 Result = TypeVar("Result")
 
@@ -33,10 +36,12 @@ def parallel_map(function: Callable[[Item], Result], items: Iterable[Item], work
     """``[function(item) for item in items]``, run by ``workers`` single-threaded workers (in order).
 
     The caller's gradient and inference modes hold in the workers (PyTorch keeps them per thread). The
-    first exception raised by ``function`` is raised here. ``workers`` 1, or no OpenMP: a plain loop.
+    first exception raised by ``function`` is raised here. ``workers`` 1, no OpenMP, or a call from a
+    worker itself (which would wait for its own pool): a plain loop.
     """
     items = list(items)
-    if workers <= 1 or len(items) <= 1 or not available():
+    nested = threading.current_thread().name.startswith(THREAD_NAME)
+    if workers <= 1 or len(items) <= 1 or nested or not available():
         return [function(item) for item in items]
     grad, inference = torch.is_grad_enabled(), torch.is_inference_mode_enabled()
 
@@ -63,7 +68,7 @@ def _single_threaded_pool(workers: int) -> ThreadPoolExecutor:
         torch.set_num_threads(1)
         ready.wait()
 
-    pool = ThreadPoolExecutor(workers, thread_name_prefix="sam-engine-cpu")
+    pool = ThreadPoolExecutor(workers, thread_name_prefix=THREAD_NAME)
     for _ in range(workers):  # each blocks at the barrier, so each starts a thread of its own
         pool.submit(single_threaded)
     ready.wait()

@@ -58,3 +58,12 @@ def test_one_worker_is_a_plain_loop_and_errors_propagate(two_threads):
 
     with pytest.raises(ValueError, match="item 2"):
         cpu_threads.parallel_map(fail, range(4), 2)
+
+
+def test_a_call_from_a_worker_runs_in_that_worker(two_threads):
+    """Nested, the workers would wait for themselves: the inner map is a loop in the worker."""
+    def inner(_):
+        return set(cpu_threads.parallel_map(lambda i: threading.current_thread().name, range(3), 2))
+
+    names = cpu_threads.parallel_map(lambda _: (threading.current_thread().name, inner(0)), range(2), 2)
+    assert all(inner_names == {outer} for outer, inner_names in names)
