@@ -99,7 +99,12 @@ class Attention(nn.Module):
         return self.out_proj(out.permute(1, 2, 0, 3).reshape(batch, n_queries, self.internal_dim))
 
     def _head_weights(self, projection: nn.Linear) -> torch.Tensor:
-        """An input projection's weight per head: heads x D/heads x C."""
+        """An input projection's weight per head: heads x D/heads x C.
+
+        A parameter used twice in a forward pass is taken once, through this view, and the view used twice:
+        autograd then adds the two gradients at the view, in the same order whether the parameter is a leaf
+        (DDP) or a view into a flat buffer (FSDP), and the two strategies train bit for bit alike.
+        """
         return projection.weight.view(self.num_heads, -1, projection.weight.shape[1])
 
     def _attend_few_queries(
@@ -115,11 +120,11 @@ class Attention(nn.Module):
         batch, n_queries, _ = q.shape
         heads, head_dim = self.num_heads, self.internal_dim // self.num_heads
         queries = self.q_proj(q).view(batch, n_queries, heads, head_dim) * head_dim**-0.5
-        folded = torch.einsum("bnhd,hdc->bhnc", queries, self._head_weights(self.k_proj))
+        key_weight = self._head_weights(self.k_proj)
+        folded = torch.einsum("bnhd,hdc->bhnc", queries, key_weight)
         scores = folded.reshape(batch, heads * n_queries, -1) @ k.transpose(1, 2)  # B x heads Nq x Nk
-        if k_pe is not None:
-            encoded = F.linear(k_pe[0], self.k_proj.weight)  # Nk x D (the bias would add a constant along j)
-            scores = _add_head_scores(scores, queries, encoded)
+        if k_pe is not None:  # (the bias would add a constant along j)
+            scores = _add_head_scores(scores, queries, F.linear(k_pe[0], key_weight.flatten(0, 1)))
         mixed = (_softmax(scores, dim=-1) @ v).view(batch, heads, n_queries, -1)  # B x heads x Nq x C
         out = torch.einsum("bhnc,hdc->bnhd", mixed, self._head_weights(self.v_proj))
         out = out + self.v_proj.bias.view(heads, head_dim)
@@ -145,13 +150,15 @@ class Attention(nn.Module):
         n_queries, n_keys = q.shape[1], k.shape[1]
         heads, head_dim = self.num_heads, self.internal_dim // self.num_heads
         keys = self.k_proj(k).view(-1, n_keys, heads, head_dim) * head_dim**-0.5
-        folded = torch.einsum("bjhd,hdc->bhjc", keys, self._head_weights(self.q_proj))  # B x heads x Nk x C
+        query_weight = self._head_weights(self.q_proj)
+        folded = torch.einsum("bjhd,hdc->bhjc", keys, query_weight)  # B x heads x Nk x C
         batch = folded.shape[0]
         if q.shape[0] == 1:  # an image shared by the batch: one product, no copy of it per prompt
             scores = (folded.reshape(-1, q.shape[2]) @ q[0].T).view(batch, heads * n_keys, n_queries)
         else:
             scores = folded.flatten(1, 2) @ q.transpose(1, 2)
-        encoded = self.q_proj.bias.expand(n_queries, -1) if q_pe is None else self.q_proj(q_pe[0])  # Nq x D
+        bias = self.q_proj.bias
+        encoded = bias.expand(n_queries, -1) if q_pe is None else F.linear(q_pe[0], query_weight.flatten(0, 1), bias)
         scores = _add_head_scores(scores, keys, encoded)  # B x heads Nk x Nq
         weights = _softmax(scores.view(batch, heads, n_keys, n_queries), dim=2).view(batch, heads * n_keys, n_queries)
         values = self.v_proj(v).view(-1, n_keys, heads, head_dim)
