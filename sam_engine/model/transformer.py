@@ -72,7 +72,7 @@ class Attention(nn.Module):
             return self._attend_few_keys(q, _with_pe(k, k_pe), v, residual, q_pe)
         if few and n_queries < n_keys and k.shape[0] == q.shape[0]:
             out = self._attend_few_queries(_with_pe(q, q_pe), k, v, k_pe)
-        else:  # (an image shared by the batch is projected once instead)
+        else:  # as usual, or tokens attending to an image shared by the batch (projected once: _attend_shared_keys)
             out = self._attend(_with_pe(q, q_pe), _with_pe(k, k_pe), v)
         return out if residual is None else residual + out
 
