@@ -22,7 +22,7 @@ test: install
 	$(BIN)/python -m pytest -q
 
 lint: install
-	$(BIN)/ruff check sam_engine tests tools benchmarks
+	$(BIN)/ruff check sam_engine tests benchmarks
 
 bench: install
 	$(BIN)/python benchmarks/encoder.py

@@ -55,7 +55,7 @@ def case_model(name: str, export_dir: Path) -> dict:
 
 def case_image(size: int) -> np.ndarray:
     """A synthetic scene of ``size`` x ``size`` pixels."""
-    from sam_engine.data.scenes import SceneSpec, generate_scene
+    from sam_engine.data.synthetic.scenes import SceneSpec, generate_scene
 
     return generate_scene(0, 0, SceneSpec(image_size=size)).image
 

@@ -5,7 +5,7 @@
     python benchmarks/label_memory.py --export outputs/benchmarks/label_memory/disk   # reuse a model
 
 The input is a synthetic shard set (256-px scenes with ground truth, shards of ``--shard-size``), labelled
-with the library's :class:`~sam_engine.labelling.Labeller` exactly as ``python -m sam_engine.label`` does
+with the library's :class:`~sam_engine.label.labeller.Labeller` exactly as ``python -m sam_engine.label`` does
 (one output shard per input shard, the summary written after each, quality against the ground truth).
 The process's resident set size (``/proc/self/statm``) is read after every ``--every`` images. A labeller
 that streams holds one image and its masks at a time: its RSS levels off once the first images have warmed
@@ -63,15 +63,15 @@ def fitted_thresholds(model, size: int) -> dict:
     a model trained for seconds predicts IoUs on a plateau of its own, which SAM's 0.88 may be above."""
     from model_helpers import amg_thresholds
 
-    from sam_engine.data.scenes import SceneSpec, generate_scene
+    from sam_engine.data.synthetic.scenes import SceneSpec, generate_scene
 
     return amg_thresholds(model, generate_scene(0, 0, SceneSpec(image_size=size)).image)
 
 
 def run(args, work: Path) -> dict:
     from sam_engine.amg import SamAutomaticMaskGenerator
-    from sam_engine.data.synthetic import ensure_synthetic_dataset
-    from sam_engine.labelling import Labeller, LabelSummary, list_input_shards, model_id
+    from sam_engine.data.synthetic.dataset import ensure_synthetic_dataset
+    from sam_engine.label.labeller import Labeller, LabelSummary, list_input_shards, model_id
     from sam_engine.model import load_export
 
     torch.set_num_threads(args.threads)

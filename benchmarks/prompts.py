@@ -16,7 +16,7 @@ import argparse
 import torch
 from timing import median_seconds
 
-from sam_engine.prompts import (
+from sam_engine.train.prompts import (
     farthest_from_boundary_points,
     largest_error_region_clicks,
     mask_boxes,

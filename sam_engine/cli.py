@@ -1,8 +1,24 @@
-"""Command-line conveniences shared by the ``python -m sam_engine.<x>`` entry points."""
+"""What every command shares: its Hydra config inside the package, and ``stage=1`` for a stage's name.
+
+Each command is the ``__main__.py`` of the package whose work it runs, and a console script
+(``pyproject.toml``): its ``main()`` calls :func:`run_command` with the function that does the work.
+``--help`` prints the config's ``hydra.help.template``: a usage line, what the command does and its
+main options, then the config groups and the config.
+"""
 
 from __future__ import annotations
 
-STAGE_NAMES = {"1": "assisted_manual", "2": "semi_automatic", "3": "fully_automatic"}
+import sys
+from collections.abc import Callable
+from typing import Any
+
+import hydra
+from omegaconf import DictConfig
+
+from sam_engine.stages import STAGES
+
+CONFIG_PATH = "pkg://sam_engine.conf"
+"""The configs ship inside the package (``sam_engine/conf``), so an installed wheel finds them."""
 
 
 def alias_stage_numbers(argv: list[str]) -> list[str]:
@@ -11,10 +27,17 @@ def alias_stage_numbers(argv: list[str]) -> list[str]:
     Hydra reads ``stage=1`` as an integer, which it refuses as a config-group choice; any other number
     is passed on quoted, so Hydra's error lists the available stages.
     """
+    names = {str(entry.number): entry.config for entry in STAGES}
     out = []
     for arg in argv:
         key, sep, value = arg.partition("=")
         if sep and key.lstrip("+~") == "stage" and value.isdigit():
-            arg = f"{key}={STAGE_NAMES.get(value, repr(value))}"
+            arg = f"{key}={names.get(value, repr(value))}"
         out.append(arg)
     return out
+
+
+def run_command(task: Callable[[DictConfig], Any], config_name: str) -> None:
+    """Run ``task`` on the config ``conf/<config_name>.yaml`` composed with the command line's overrides."""
+    sys.argv = [sys.argv[0], *alias_stage_numbers(sys.argv[1:])]
+    hydra.main(version_base=None, config_path=CONFIG_PATH, config_name=config_name)(task)()

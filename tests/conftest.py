@@ -14,7 +14,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 @pytest.fixture(scope="session")
 def synthetic_shards(tmp_path_factory):
     """A small embedded synthetic dataset (256 px): {"train": dir of 12 images, "val": dir of 4}."""
-    from sam_engine.data.synthetic import ensure_synthetic_dataset
+    from sam_engine.data.synthetic.dataset import ensure_synthetic_dataset
 
     root = tmp_path_factory.mktemp("synthetic")
     return {

@@ -93,7 +93,7 @@ def amg_thresholds(model: Sam, image: np.ndarray, pass_fraction: float = 0.3) ->
     """
     from sam_engine.amg.grids import point_grid
     from sam_engine.amg.mask_ops import stability_scores
-    from sam_engine.predictor import SamPredictor
+    from sam_engine.predict.predictor import SamPredictor
 
     predictor = SamPredictor(model, precision="fp32")
     predictor.set_image(image)

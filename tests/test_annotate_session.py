@@ -11,9 +11,9 @@ import numpy as np
 from sam_engine.annotate import AnnotationTimeModel, SimulatedAnnotator
 from sam_engine.annotate.session import RoundSetup, annotate_round, pool_samples, round_statistics
 from sam_engine.data.records import make_annotations, make_record
-from sam_engine.data.synthetic import ensure_synthetic_dataset
+from sam_engine.data.synthetic.dataset import ensure_synthetic_dataset
 from sam_engine.model import build_sam
-from sam_engine.predictor import SamPredictor
+from sam_engine.predict.predictor import SamPredictor
 
 
 def test_round_skips_images_without_ground_truth_or_of_the_wrong_size(tmp_path):

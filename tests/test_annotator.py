@@ -9,11 +9,11 @@ import pytest
 import torch
 
 from sam_engine.annotate import AnnotatedMasks, AnnotationTimeModel, SimulatedAnnotator, uncovered
-from sam_engine.data.scenes import LEVEL_WHOLE, SceneSpec, generate_scene
-from sam_engine.metrics import mask_iou
+from sam_engine.data.synthetic.scenes import LEVEL_WHOLE, SceneSpec, generate_scene
+from sam_engine.metrics.interactive import mask_iou
 from sam_engine.model import build_sam
-from sam_engine.predictor import SamPredictor
-from sam_engine.prompts import farthest_from_boundary_points
+from sam_engine.predict.predictor import SamPredictor
+from sam_engine.train.prompts import farthest_from_boundary_points
 
 TIME = AnnotationTimeModel()
 NEVER = math.inf  # move_on_seconds that keeps every mask

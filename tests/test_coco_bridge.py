@@ -13,9 +13,9 @@ from pycocotools.coco import COCO
 from shard_helpers import encode_image, random_masks
 
 from sam_engine.annotate.coco_bridge import export_coco, import_coco_corrections
-from sam_engine.data.importing import REPORT_FILE
+from sam_engine.data.importers.base import REPORT_FILE
+from sam_engine.data.importers.sa1b import iter_sa1b
 from sam_engine.data.records import decode_masks, make_annotations, make_record
-from sam_engine.data.sa1b import iter_sa1b
 from sam_engine.data.shards import ShardWriter, list_shards
 
 H, W = 24, 32

@@ -1,4 +1,4 @@
-"""Single-threaded workers for independent pieces of PyTorch work (sam_engine.cpu_threads)."""
+"""Single-threaded workers for independent pieces of PyTorch work (sam_engine.utils.cpu_threads)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import threading
 import pytest
 import torch
 
-from sam_engine import cpu_threads
+from sam_engine.utils import cpu_threads
 
 pytestmark = pytest.mark.skipif(not cpu_threads.available(), reason="PyTorch's intra-op threads are not OpenMP's")
 

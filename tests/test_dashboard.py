@@ -10,7 +10,7 @@ import pytest
 from matplotlib.figure import Figure
 from PIL import Image
 
-from sam_engine.dashboard import (
+from sam_engine.engine.dashboard import (
     METRIC_KEYS,
     RUN_ID_FILE,
     STEPS_FILE,
@@ -18,9 +18,9 @@ from sam_engine.dashboard import (
     WandbDashboard,
     read_offline_history,
     summary_columns,
-    write_summary,
+    write_engine_summary,
 )
-from sam_engine.visualize import overlay_masks
+from sam_engine.utils.visualize import overlay_masks
 
 ROWS = [
     {"step": "seed", "stage": 0, "val/miou_1pt": 0.5, "val/miou_box": 0.6, "images": 10},
@@ -69,7 +69,7 @@ def test_summary_columns_put_step_stage_metrics_then_others():
 
 def test_write_summary_round_trips(tmp_path):
     out = tmp_path / "summary"
-    paths = write_summary(ROWS, out)
+    paths = write_engine_summary(ROWS, out)
     assert [p.name for p in paths] == ["engine_summary.csv", "engine_summary.json", "stages.png"]
 
     with open(out / "engine_summary.csv", newline="") as f:
@@ -97,14 +97,14 @@ def test_write_summary_round_trips(tmp_path):
 
 
 def test_write_summary_overwrites_and_leaves_no_temporary_files(tmp_path):
-    write_summary(ROWS[:2], tmp_path)
-    write_summary(ROWS, tmp_path)
+    write_engine_summary(ROWS[:2], tmp_path)
+    write_engine_summary(ROWS, tmp_path)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["engine_summary.csv", "engine_summary.json", "stages.png"]
     assert len(json.loads((tmp_path / "engine_summary.json").read_text())) == len(ROWS)
 
 
 def test_write_summary_killed_mid_write_keeps_the_old_file(tmp_path, monkeypatch):
-    write_summary(ROWS, tmp_path)
+    write_engine_summary(ROWS, tmp_path)
     old_png = (tmp_path / "stages.png").read_bytes()
 
     def savefig_then_die(self, f, **kwargs):
@@ -113,14 +113,14 @@ def test_write_summary_killed_mid_write_keeps_the_old_file(tmp_path, monkeypatch
 
     monkeypatch.setattr(Figure, "savefig", savefig_then_die)
     with pytest.raises(KeyboardInterrupt):
-        write_summary(ROWS[:1], tmp_path)
+        write_engine_summary(ROWS[:1], tmp_path)
     assert (tmp_path / "stages.png").read_bytes() == old_png
     assert sorted(p.name for p in tmp_path.iterdir()) == ["engine_summary.csv", "engine_summary.json", "stages.png"]
 
 
 def test_write_summary_takes_numpy_scalars(tmp_path):
     rows = [{"step": "seed", "stage": 0, "val/miou_1pt": np.float32(0.5), "images": np.int64(7)}]
-    write_summary(rows, tmp_path)
+    write_engine_summary(rows, tmp_path)
     assert json.loads((tmp_path / "engine_summary.json").read_text()) == [
         {"step": "seed", "stage": 0, "val/miou_1pt": 0.5, "images": 7}
     ]
@@ -128,9 +128,9 @@ def test_write_summary_takes_numpy_scalars(tmp_path):
 
 def test_write_summary_refuses_bad_rows(tmp_path):
     with pytest.raises(ValueError, match="no rows"):
-        write_summary([], tmp_path)
+        write_engine_summary([], tmp_path)
     with pytest.raises(ValueError, match=r"row 1 \(stage1/round1\) has no 'stage'"):
-        write_summary([ROWS[0], {"step": "stage1/round1", "val/miou_1pt": 0.5}], tmp_path)
+        write_engine_summary([ROWS[0], {"step": "stage1/round1", "val/miou_1pt": 0.5}], tmp_path)
     assert list(tmp_path.iterdir()) == []
 
 

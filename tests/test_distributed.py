@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from test_train import FAST
 
-from sam_engine.distributed import SlurmSetupError, check_slurm_allocation, claim_run_dir
+from sam_engine.train.distributed import SlurmSetupError, check_slurm_allocation, claim_run_dir_for_job
 
 DDP_CPU = ["trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2", "trainer.precision=32-true"]
 CLIP = "gradient_clip_norm=0.01"  # clips every step: a run that does not clip ends 4e-3 away from one that does
@@ -74,10 +74,10 @@ def test_bad_allocations_are_named(environ, message):
 
 def test_a_run_dir_belongs_to_one_job(tmp_path):
     run_dir = tmp_path / "run"
-    claim_run_dir(run_dir, "101", rank=1)  # not rank 0: claims nothing
+    claim_run_dir_for_job(run_dir, "101", rank=1)  # not rank 0: claims nothing
     assert not run_dir.exists()
-    claim_run_dir(run_dir, "101", rank=0)
-    claim_run_dir(run_dir, "101", rank=0)  # the same job, requeued: fine
-    claim_run_dir(run_dir, "101", rank=3)
+    claim_run_dir_for_job(run_dir, "101", rank=0)
+    claim_run_dir_for_job(run_dir, "101", rank=0)  # the same job, requeued: fine
+    claim_run_dir_for_job(run_dir, "101", rank=3)
     with pytest.raises(SlurmSetupError, match=r"belongs to SLURM job 101 .*not to this job 202"):
-        claim_run_dir(run_dir, "202", rank=0)
+        claim_run_dir_for_job(run_dir, "202", rank=0)

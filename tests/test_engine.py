@@ -17,12 +17,12 @@ from hydra import compose, initialize_config_dir
 from pycocotools import mask as mask_utils
 
 from sam_engine.annotate.session import pool_samples
-from sam_engine.dashboard import read_offline_history
 from sam_engine.data.records import make_record
 from sam_engine.data.shards import ShardWriter, read_manifest
+from sam_engine.engine.dashboard import read_offline_history
 from sam_engine.engine.session import run_engine
 
-CONF = str(Path(__file__).resolve().parents[1] / "conf")
+CONF = str(Path(__file__).resolve().parents[1] / "sam_engine" / "conf")
 
 SMALL = [  # every step, in seconds: this checks the plumbing (the default run shows the learning)
     "seed_training.max_steps=3", "seed_training.prompt_warmup_steps=1", "seed_training.milestones=[3]",
@@ -167,19 +167,21 @@ def test_missing_ground_truth_previous_stage_and_bad_stage_are_named(tmp_path):
     with pytest.raises(ValueError, match=r"annotator.kind=human: expected one of simulated, people"):
         run(tmp_path / "kind", "annotator.kind=human")
     with pytest.raises(FileNotFoundError, match=r"stage1/round2/train/export/sam.pth"):
-        run(tmp_path / "second", "stage=semi_automatic", name="annotate", stages=(2,))
+        run(tmp_path / "second", "stage=semi_automatic", stages=(2,))
 
 
 def _small_pool(tmp_path: Path) -> Path:
-    from sam_engine.data.synthetic import ensure_synthetic_dataset
+    from sam_engine.data.synthetic.dataset import ensure_synthetic_dataset
 
     return ensure_synthetic_dataset(tmp_path / "pool", num_images=1, seed=3, image_size=256)
 
 
-def test_annotate_entry_point_refuses_stage_3(tmp_path):
-    result = subprocess.run([sys.executable, "-m", "sam_engine.annotate", "stage=3", f"run_dir={tmp_path}"],
-                            capture_output=True, text=True, timeout=120)
-    assert result.returncode != 0 and "annotation stages are 1 (assisted_manual) and 2" in result.stderr
+def test_engine_command_runs_one_stage_and_names_the_missing_model_before_it(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "sam_engine.engine", "stage=3", f"run_dir={tmp_path / 'run'}",
+                             *data_dirs(tmp_path), *SMALL], capture_output=True, text=True, timeout=300)
+    assert result.returncode != 0
+    assert "stage2/round1/train/export/sam.pth: the previous step's model is missing" in result.stderr
+    assert not (tmp_path / "run" / "seed").exists()  # stage=3 runs stage 3's step alone
 
 
 def test_people_round_pauses_for_coco_corrections_and_imports_them(tmp_path):

@@ -33,11 +33,11 @@ from torch.distributed.fsdp import (
     StateDictType,
 )
 
-from sam_engine.distributed import SamFSDPStrategy, encoder_block_classes
 from sam_engine.model import build_sam, load_export
+from sam_engine.train.distributed import SamFSDPStrategy, encoder_block_classes
 
 TESTS = Path(__file__).resolve().parent
-CONF = TESTS.parent / "conf"
+CONF = TESTS.parent / "sam_engine" / "conf"
 FSDP_CPU = ["trainer=fsdp", "trainer.accelerator=cpu", "trainer.devices=2", "trainer.precision=32-true",
             f"trainer.strategy._target_={__name__}.CpuFSDPStrategy"]
 

@@ -15,12 +15,12 @@ from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 from shard_helpers import write_raw_tar
 
-from sam_engine.data.coco import import_coco
-from sam_engine.data.folder import import_folder
 from sam_engine.data.images import decode_image
-from sam_engine.data.importing import REPORT_FILE, SkipSample, check_rle, key_from_path
+from sam_engine.data.importers.base import REPORT_FILE, SkipSample, check_rle, key_from_path
+from sam_engine.data.importers.coco import import_coco
+from sam_engine.data.importers.folder import import_folder
+from sam_engine.data.importers.sa1b import import_sa1b, iter_sa1b
 from sam_engine.data.records import decode_masks, encode_masks, make_annotations, make_record, rle_counts
-from sam_engine.data.sa1b import import_sa1b, iter_sa1b
 from sam_engine.data.shards import list_shards
 
 RNG = np.random.default_rng(0)
@@ -415,7 +415,7 @@ def test_folder_command_line_imports(tmp_path):
     (tmp_path / "in").mkdir()
     (tmp_path / "in" / "a.png").write_bytes(image_bytes(random_pixels(3, 3)))
     result = subprocess.run(
-        [sys.executable, "-m", "sam_engine.data.folder", "input=in", "out_dir=out"],
+        [sys.executable, "-m", "sam_engine.data.importers", "folder", "input=in", "out_dir=out"],
         cwd=tmp_path,
         capture_output=True,
         text=True,

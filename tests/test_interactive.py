@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from sam_engine.interactive import SimulationConfig, simulate_training
 from sam_engine.model import build_sam
+from sam_engine.train.interactive import SimulationConfig, simulate_training
 
 
 @pytest.fixture(scope="module")
@@ -128,8 +128,8 @@ def test_no_masks_contributes_nothing(model):
 
 def test_loss_matches_the_loss_of_each_pass(model):
     """The returned terms are the mean over passes of multimask_loss on each pass's outputs."""
-    from sam_engine.interactive import downsample_masks
-    from sam_engine.losses import multimask_loss
+    from sam_engine.train.interactive import downsample_masks
+    from sam_engine.train.losses import multimask_loss
 
     with DecoderSpy(model) as spy:
         with torch.no_grad():
@@ -149,8 +149,8 @@ def test_evaluation_protocol_with_a_decoder_that_knows_the_truth(monkeypatch):
     (empty) output; single-mask passes return the truth. So: 1-click IoU 0 as SAM would choose,
     ~1 for the oracle, ~1 from click 2 on, and a ~perfect box (bilinear up-sampling of the low-res
     truth rounds off one pixel at each corner)."""
-    import sam_engine.interactive as interactive
-    from sam_engine.metrics import clicks_to_reach
+    import sam_engine.train.interactive as interactive
+    from sam_engine.metrics.interactive import clicks_to_reach
 
     masks = torch.zeros(3, 256, 256, dtype=torch.bool)
     for i, (y, x, side) in enumerate([(8, 8, 40), (100, 60, 64), (160, 160, 32)]):

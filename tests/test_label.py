@@ -1,7 +1,7 @@
 """``python -m sam_engine.label``: pseudo-labelling shards and image folders into output shards.
 
 The main path (label, rerun, verify, a wrong key) runs the real command line in a subprocess; the other
-cases call the entry point's ``main`` in-process with a config composed from ``conf/label.yaml`` (the same
+cases call the command's ``label`` in-process with a config composed from ``conf/label.yaml`` (the same
 code without the interpreter start), and a few call the library pieces directly.
 """
 
@@ -25,15 +25,15 @@ from hydra import compose, initialize_config_dir
 from PIL import Image
 from shard_helpers import encode_image, make_sample, tar_keys_in, write_raw_tar
 
-from sam_engine import label
 from sam_engine.data.images import decode_image
 from sam_engine.data.records import make_record, validate_record
 from sam_engine.data.shards import MANIFEST, MANIFEST_FORMAT, read_manifest
-from sam_engine.data.synthetic import ensure_synthetic_dataset
-from sam_engine.labelling import Labeller, list_input_shards, task_block
-from sam_engine.proposal_metrics import ProposalQuality
+from sam_engine.data.synthetic.dataset import ensure_synthetic_dataset
+from sam_engine.label import __main__ as label_command
+from sam_engine.label.labeller import Labeller, list_input_shards, task_block
+from sam_engine.metrics.proposals import ProposalQuality
 
-CONF = Path(__file__).resolve().parents[1] / "conf"
+CONF = Path(__file__).resolve().parents[1] / "sam_engine" / "conf"
 SLURM_ARRAY_VARIABLES = ("SLURM_ARRAY_TASK_ID", "SLURM_ARRAY_TASK_MIN", "SLURM_ARRAY_TASK_COUNT")
 # 64 clicks per image, and the thresholds fitted to the disk model (fixture below): its masks pass them.
 AMG = {"amg.points_per_side": 8}
@@ -67,7 +67,7 @@ def compose_label(args: list[str]):
 
 def label_in_process(export: Path, source: Path, output: Path, **extra) -> dict:
     """The entry point's ``main`` on a composed config; returns the task's summary dict."""
-    return label.main(compose_label(overrides(export, source, output, progress=False, **extra)))
+    return label_command.label(compose_label(overrides(export, source, output, progress=False, **extra)))
 
 
 def manifest_keys(output: Path) -> list[str]:
@@ -214,7 +214,8 @@ def test_rerun_skips_every_finished_shard(disk_export, pool, labelled):
 
 def test_verify_reports_complete_and_incomplete_output(pool, labelled, tmp_path, capsys):
     output, _, _ = labelled
-    report = label.main(compose_label([f"input={pool}", f"output={output}", "checkpoint=unused", "verify=true"]))
+    report = label_command.label(
+        compose_label([f"input={pool}", f"output={output}", "checkpoint=unused", "verify=true"]))
     assert report["input_shards"] == report["done"] == 3 and report["missing"] == []
     assert report["images"] == 6 and report["duplicate_keys"] == 0
     assert report["masks"] == sum(e["annotations"] for e in read_manifest(output)["shards"].values())
@@ -314,7 +315,7 @@ def test_tasks_label_disjoint_blocks_whose_union_is_everything(disk_export, tmp_
     keys = manifest_keys(output)
     assert sorted(keys) == sorted(k for ks in inputs.values() for k in ks) and len(set(keys)) == 5
     assert sorted(read_manifest(output)["shards"]) == sorted(f"{name}-000000.tar" for name in inputs)
-    report = label.main(compose_label([f"input={source}", f"output={output}", "checkpoint=x", "verify=true"]))
+    report = label_command.label(compose_label([f"input={source}", f"output={output}", "checkpoint=x", "verify=true"]))
     assert report["done"] == 5 and report["missing"] == [] and report["duplicate_keys"] == 0
 
 
@@ -327,13 +328,13 @@ def test_task_block_and_slurm_array_defaults(disk_export, tmp_path, monkeypatch)
         with pytest.raises(ValueError, match="task_index"):
             task_block(shards, *bad)
 
-    assert label.array_task(None, None) == (0, 1)
+    assert label_command.array_task(None, None) == (0, 1)
     monkeypatch.setenv("SLURM_ARRAY_TASK_ID", "7")
     monkeypatch.setenv("SLURM_ARRAY_TASK_MIN", "5")
     monkeypatch.setenv("SLURM_ARRAY_TASK_COUNT", "4")
-    assert label.array_task(None, None) == (2, 4)
-    assert label.array_task(1, None) == (1, 4) and label.array_task(None, 9) == (2, 9)
-    assert label.array_task(0, 1) == (0, 1)
+    assert label_command.array_task(None, None) == (2, 4)
+    assert label_command.array_task(1, None) == (1, 4) and label_command.array_task(None, 9) == (2, 9)
+    assert label_command.array_task(0, 1) == (0, 1)
 
     source = ensure_synthetic_dataset(tmp_path / "in", num_images=2, seed=8, image_size=32, shard_size=1)
     with pytest.raises(ValueError, match="task_index=3, num_tasks=3"):

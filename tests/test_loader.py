@@ -26,7 +26,7 @@ from sam_engine.data.records import make_annotations, make_record
 from sam_engine.data.shards import ShardWriter
 from sam_engine.transforms import PIXEL_MEAN, PIXEL_STD, resize_image
 
-CONF = Path(__file__).resolve().parents[1] / "conf"
+CONF = Path(__file__).resolve().parents[1] / "sam_engine" / "conf"
 UNEVEN = [5, 7, 2]  # samples per shard
 
 
@@ -413,7 +413,7 @@ def test_two_ddp_ranks_on_cpu_take_equal_steps_on_uneven_shards(uneven, tmp_path
 
 @pytest.fixture
 def fake_synthetic(monkeypatch):
-    """A stand-in for sam_engine.data.synthetic that records its calls and writes small shard sets."""
+    """A stand-in for sam_engine.data.synthetic.dataset that records its calls and writes small shard sets."""
     calls = []
 
     def ensure_synthetic_dataset(out_dir, *, num_images, seed, image_size, shard_size=4):
@@ -422,9 +422,9 @@ def fake_synthetic(monkeypatch):
             write_shard_set(Path(out_dir), [shard_size] * (num_images // shard_size))
         return Path(out_dir)
 
-    module = types.ModuleType("sam_engine.data.synthetic")
+    module = types.ModuleType("sam_engine.data.synthetic.dataset")
     module.ensure_synthetic_dataset = ensure_synthetic_dataset
-    monkeypatch.setitem(sys.modules, "sam_engine.data.synthetic", module)
+    monkeypatch.setitem(sys.modules, "sam_engine.data.synthetic.dataset", module)
     return calls
 
 

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from sam_engine.losses import dice_loss, iou_of_logits, multimask_loss, sigmoid_focal_loss
+from sam_engine.train.losses import dice_loss, iou_of_logits, multimask_loss, sigmoid_focal_loss
 
 LOGIT_OF_3_4 = math.log(3.0)  # sigmoid(log 3) = 0.75
 

@@ -1,4 +1,4 @@
-"""sam_engine.malloc: freed blocks are reused, not faulted in afresh, once glibc is told to keep them."""
+"""sam_engine.utils.malloc: freed blocks are reused, not faulted in afresh, once glibc is told to keep them."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 SCRIPT = """
 import resource, sys
 import numpy as np
-from sam_engine.malloc import reuse_freed_memory
+from sam_engine.utils.malloc import reuse_freed_memory
 
 if sys.argv[1] == "reuse":
     assert reuse_freed_memory()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from sam_engine.metrics import clicks_to_reach, iou_head_mae, mask_iou, multimask_ious
+from sam_engine.metrics.interactive import clicks_to_reach, iou_head_mae, mask_iou, multimask_ious
 
 
 def test_mask_iou_by_hand():

@@ -13,7 +13,7 @@ from segment_anything import SamPredictor as OfficialPredictor
 
 from sam_engine.model import export_sam
 from sam_engine.model.official import load_official_export
-from sam_engine.predictor import SamPredictor
+from sam_engine.predict.predictor import SamPredictor
 from sam_engine.transforms import scale_coords
 
 TOLERANCE = 1e-4

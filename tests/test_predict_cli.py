@@ -8,7 +8,7 @@ import sys
 import numpy as np
 from PIL import Image
 
-from sam_engine.visualize import overlay_masks
+from sam_engine.utils.visualize import overlay_masks
 
 
 def run_predict(*overrides: str) -> subprocess.CompletedProcess:

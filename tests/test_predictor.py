@@ -7,7 +7,7 @@ import pytest
 import torch
 from model_helpers import model_pair, photograph
 
-from sam_engine.predictor import SamPredictor, as_rgb_uint8
+from sam_engine.predict.predictor import SamPredictor, as_rgb_uint8
 
 
 @pytest.fixture(scope="module")

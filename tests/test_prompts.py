@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from sam_engine.prompts import (
+from sam_engine.train.prompts import (
     Clicks,
     append_click,
     farthest_from_boundary_points,

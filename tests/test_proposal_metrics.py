@@ -13,7 +13,7 @@ from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
 from sam_engine.data.records import encode_masks, mask_areas
-from sam_engine.proposal_metrics import ProposalQuality, coco_greedy_matches
+from sam_engine.metrics.proposals import ProposalQuality, coco_greedy_matches
 
 
 def boxes_to_masks(boxes, height: int, width: int) -> np.ndarray:

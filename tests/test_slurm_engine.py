@@ -20,7 +20,7 @@ import pytest
 from test_train import FAST
 
 from sam_engine.data.shards import read_manifest
-from sam_engine.data.synthetic import ensure_synthetic_dataset
+from sam_engine.data.synthetic.dataset import ensure_synthetic_dataset
 
 REPO = Path(__file__).resolve().parents[1]
 ENGINE = REPO / "slurm" / "engine.sh"

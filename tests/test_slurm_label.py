@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from sam_engine.data.shards import read_manifest, tar_keys
-from sam_engine.data.synthetic import ensure_synthetic_dataset
+from sam_engine.data.synthetic.dataset import ensure_synthetic_dataset
 
 REPO = Path(__file__).resolve().parents[1]
 TEMPLATE = REPO / "slurm" / "label_array.sbatch"

@@ -15,7 +15,7 @@ from PIL import Image
 
 from sam_engine.data.records import make_annotations, make_record
 from sam_engine.data.shards import ShardWriter
-from sam_engine.data.stats import compute_stats, concavity, mask_properties, write_stats
+from sam_engine.data.stats.dataset_stats import compute_stats, concavity, mask_properties, write_stats
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -106,7 +106,7 @@ def test_write_stats_and_the_command_line(hand_made, tmp_path):
         ["stats.json", "masks_per_image.png", "relative_size.png", "concavity.png", "centre_heatmap.png"]
     )
     result = subprocess.run(
-        [sys.executable, str(REPO / "tools" / "stats.py"), str(hand_made), "--out", str(tmp_path / "cli")],
+        [sys.executable, "-m", "sam_engine.data.stats", f"sources={hand_made}", f"out={tmp_path / 'cli'}"],
         capture_output=True,
         text=True,
         timeout=120,

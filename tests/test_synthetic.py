@@ -9,13 +9,13 @@ import sys
 import numpy as np
 import pytest
 
-from sam_engine.data import scenes
+from sam_engine.data.importers.sa1b import iter_sa1b
 from sam_engine.data.records import decode_masks
-from sam_engine.data.sa1b import iter_sa1b
-from sam_engine.data.scenes import Canvas, Element, SceneSpec, generate_scene
-from sam_engine.data.shapes import SHAPE_KINDS, Shape, rasterize
 from sam_engine.data.shards import list_shards, read_manifest
-from sam_engine.data.synthetic import ensure_synthetic_dataset, sample_key
+from sam_engine.data.synthetic import scenes
+from sam_engine.data.synthetic.dataset import ensure_synthetic_dataset, sample_key
+from sam_engine.data.synthetic.scenes import Canvas, Element, SceneSpec, generate_scene
+from sam_engine.data.synthetic.shapes import SHAPE_KINDS, Shape, rasterize
 
 
 @pytest.fixture(scope="module")
@@ -152,11 +152,11 @@ def test_a_killed_generation_completes_without_duplicates(tmp_path, monkeypatch)
             raise KeyboardInterrupt
         return real(seed, index, spec)
 
-    monkeypatch.setattr("sam_engine.data.synthetic.generate_scene", dies_at_four)
+    monkeypatch.setattr("sam_engine.data.synthetic.dataset.generate_scene", dies_at_four)
     with pytest.raises(KeyboardInterrupt):
         ensure_synthetic_dataset(tmp_path / "d", num_images=6, seed=0, image_size=64, shard_size=3)
     assert len(read_dataset(tmp_path / "d")) == 3  # the first shard; the one in progress was discarded
-    monkeypatch.setattr("sam_engine.data.synthetic.generate_scene", real)
+    monkeypatch.setattr("sam_engine.data.synthetic.dataset.generate_scene", real)
 
     ensure_synthetic_dataset(tmp_path / "d", num_images=6, seed=0, image_size=64, shard_size=3)
     ensure_synthetic_dataset(tmp_path / "clean", num_images=6, seed=0, image_size=64, shard_size=3)

@@ -13,7 +13,7 @@ import torch
 from sam_engine.cli import alias_stage_numbers
 from sam_engine.data.datamodule import SamDataModule
 from sam_engine.model import build_sam, load_export
-from sam_engine.module import InteractiveSamModule, NonFiniteLossError
+from sam_engine.train.module import InteractiveSamModule, NonFiniteLossError
 
 FAST = [  # a few tiny steps: this checks the plumbing, not the learning
     "data=shards", "data.batch_size=2", "data.num_workers=0", "data.steps_per_epoch=2",
@@ -133,7 +133,7 @@ def test_wandb_offline_logs_the_run(tmp_path, shards):
 
 
 def test_non_finite_losses_skip_steps_then_stop(monkeypatch, synthetic_shards):
-    import sam_engine.module as module_code
+    import sam_engine.train.module as module_code
 
     real = module_code.simulate_training
 
@@ -158,7 +158,7 @@ def test_non_finite_losses_skip_steps_then_stop(monkeypatch, synthetic_shards):
 
 
 def test_prompt_warmup_steps_decode_the_initial_prompt_only(monkeypatch, synthetic_shards):
-    import sam_engine.module as module_code
+    import sam_engine.train.module as module_code
 
     rounds = []
     real = module_code.simulate_training

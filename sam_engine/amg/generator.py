@@ -39,11 +39,11 @@ from torchvision.ops import batched_nms, box_area
 from sam_engine.amg.grids import crop_boxes, layer_point_grids
 from sam_engine.amg.mask_ops import above, masks_to_boxes, near_crop_edge, stability_scores, uncrop_rles
 from sam_engine.amg.small_regions import remove_small_regions
-from sam_engine.cpu_threads import parallel_map
 from sam_engine.data.records import annotations_from_rles, decode_masks, encode_rles
-from sam_engine.malloc import reuse_freed_memory
 from sam_engine.model.sam import Sam
-from sam_engine.predictor import SamPredictor, as_rgb_uint8
+from sam_engine.predict.predictor import SamPredictor, as_rgb_uint8
+from sam_engine.utils.cpu_threads import parallel_map
+from sam_engine.utils.malloc import reuse_freed_memory
 
 UPSAMPLE_BUDGET_BYTES = 2**28
 """Bytes of float32 logits up-sampled at once (a chunk holds at least one mask)."""

@@ -30,7 +30,7 @@ crowd regions, so do not evaluate against the exported file).
 entry has one (CVAT drops unknown fields), else by file name (the exported name, the record's file name
 or ``<key>.<ext>``), else by file stem (the key); width and height must agree with the pool's record.
 Masks may be polygons, uncompressed or compressed RLE (read as ``COCO.annToRLE`` does, see
-:func:`sam_engine.data.coco.coco_rle`). Each matched image is written to the output shards (atomic
+:func:`sam_engine.data.importers.coco.coco_rle`). Each matched image is written to the output shards (atomic
 shards and manifest) with the pool's image bytes and a record of its corrected masks, ``source="manual"``,
 ``stage=stage``, ``predicted_iou``/``stability_score`` from the file when present (else 1.0, a human mask).
 Skipped, counted and reported in ``<out_dir>/import_report.json``: malformed image entries, images not
@@ -53,9 +53,8 @@ from pathlib import Path, PurePosixPath
 import numpy as np
 from pycocotools import mask as mask_utils
 
-from sam_engine.atomic_files import write_bytes_atomic
-from sam_engine.data.coco import CocoImage, coco_rle, image_entry, load_coco_json
-from sam_engine.data.importing import ImportSink, PreparedImage, SkipSample
+from sam_engine.data.importers.base import ImportSink, PreparedImage, SkipSample
+from sam_engine.data.importers.coco import CocoImage, coco_rle, image_entry, load_coco_json
 from sam_engine.data.loader import MASK_DECODE_BYTES
 from sam_engine.data.records import (
     SOURCES,
@@ -66,6 +65,7 @@ from sam_engine.data.records import (
     rle_problem,
 )
 from sam_engine.data.samples import Sample, good_samples
+from sam_engine.utils.atomic_files import write_bytes_atomic
 
 log = logging.getLogger(__name__)
 
@@ -85,7 +85,7 @@ Skip = Callable[[str, str, str], None]
 # --- reading the pool -------------------------------------------------------------------------
 
 
-def pool_samples(source: str | Path | Sequence[str | Path], skip: Skip) -> Iterator[Sample]:
+def recorded_samples(source: str | Path | Sequence[str | Path], skip: Skip) -> Iterator[Sample]:
     """The good samples of the shards of ``source`` (anything ``list_shards`` takes), in order.
 
     A bad sample or unreadable shard (``data.samples.good_samples``), a key repeated across shards and a
@@ -189,7 +189,7 @@ def export_coco(
         skipped.append({"source": source, "kind": kind, "reason": reason})
 
     images, annotations, used = [], [], set()
-    for sample in pool_samples(shards, skip):
+    for sample in recorded_samples(shards, skip):
         name = _export_name(sample, used)
         if name is None:
             skip(sample.source, "name_collision", f"{sample.source}: its file names are taken by other images")
@@ -388,7 +388,7 @@ def import_coco_corrections(
                 sink.report.skip_annotation(source, "unknown_image", reason)
             else:
                 by_image[annotation["image_id"]].append(annotation)
-        for sample in pool_samples(pool, sink.report.skip):
+        for sample in recorded_samples(pool, sink.report.skip):
             with sink.guard(sample.source):
                 entry = images.match(sample)
                 if entry is not None and not sink.is_done(sample.key):

@@ -27,8 +27,8 @@ from sam_engine.data.images import ImageDecodeError, decode_image
 from sam_engine.data.records import decode_masks, make_annotations, make_record
 from sam_engine.data.samples import Sample, good_samples
 from sam_engine.data.shards import ShardWriter, shard_name
-from sam_engine.predictor import SamPredictor
-from sam_engine.proposal_metrics import ProposalQuality
+from sam_engine.metrics.proposals import ProposalQuality
+from sam_engine.predict.predictor import SamPredictor
 
 log = logging.getLogger(__name__)
 

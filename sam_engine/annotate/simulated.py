@@ -4,7 +4,7 @@ SAM's data engine, stages 1 and 2: the annotator picks the objects of an image f
 prominent down, clicks foreground/background points while the model proposes a mask, and
 brushes what the model gets wrong; once a mask takes more than 30 s they move on to the next
 image. Here the annotator's "intent" is a ground-truth mask hidden from the model, and clicks
-follow the interactive-evaluation protocol (RITM, SAM; ``sam_engine.interactive``):
+follow the interactive-evaluation protocol (RITM, SAM; ``sam_engine.train.interactive``):
 
 1. click 1 at the pixel of the intent farthest from its boundary; three outputs, the annotator
    sees the one with the highest predicted IoU;
@@ -28,9 +28,15 @@ from dataclasses import dataclass
 import torch
 
 from sam_engine.annotate.cost import AnnotationTimeModel
-from sam_engine.metrics import mask_iou
-from sam_engine.predictor import SamPredictor
-from sam_engine.prompts import PADDING, Clicks, append_click, farthest_from_boundary_points, largest_error_region_clicks
+from sam_engine.metrics.interactive import mask_iou
+from sam_engine.predict.predictor import SamPredictor
+from sam_engine.train.prompts import (
+    PADDING,
+    Clicks,
+    append_click,
+    farthest_from_boundary_points,
+    largest_error_region_clicks,
+)
 
 
 @dataclass

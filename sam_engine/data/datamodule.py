@@ -33,7 +33,7 @@ class SamDataModule(LightningDataModule):
         max_bad_fraction, min_seen: bad-sample tolerance per worker (see ``make_dataset``).
         pin_memory: pin batches for faster host-to-GPU copies.
         synthetic: datasets to generate first, each the keyword arguments (``out_dir`` included) of
-            ``sam_engine.data.synthetic.ensure_synthetic_dataset``, used by :meth:`prepare_data` to
+            ``sam_engine.data.synthetic.dataset.ensure_synthetic_dataset``, used by :meth:`prepare_data` to
             generate that split's directory when it has no manifest yet.
     """
 
@@ -87,7 +87,7 @@ class SamDataModule(LightningDataModule):
         they are complete)."""
         if self.synthetic:
             # imported here, so that reading shards never depends on the synthetic generator
-            from sam_engine.data.synthetic import ensure_synthetic_dataset
+            from sam_engine.data.synthetic.dataset import ensure_synthetic_dataset
 
             for spec in self.synthetic:
                 ensure_synthetic_dataset(**spec)

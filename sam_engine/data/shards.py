@@ -40,9 +40,9 @@ from pathlib import Path
 
 import braceexpand
 
-from sam_engine.atomic_files import write_json_atomic
 from sam_engine.data.images import image_size
 from sam_engine.data.records import RecordError, validate_record
+from sam_engine.utils.atomic_files import write_json_atomic
 
 MANIFEST = "manifest.json"
 MANIFEST_FORMAT = "sam_engine.shards/1"

@@ -1,8 +1,9 @@
-"""``python -m sam_engine.engine``: the whole data engine, resumable (see ``conf/engine.yaml``).
+"""``python -m sam_engine.engine`` (``sam-engine``): the whole data engine, resumable (``conf/engine.yaml``).
 
     python -m sam_engine.engine                          # tiny model, synthetic data, CPU, < 10 min
     python -m sam_engine.engine run_dir=outputs/run2 stage1.rounds=6 stage2.rounds=5
     python -m sam_engine.engine annotator.kind=people    # pauses for people at each annotation round
+    python -m sam_engine.engine stage=1                  # stage 1's rounds only (the seed model must exist)
 
 A rerun skips the steps finished before and completes the one that was interrupted. Summary:
 ``<run_dir>/engine_summary.csv``, ``engine_summary.json``, ``stages.png``; wandb with ``logger.wandb=true``.
@@ -13,20 +14,24 @@ from __future__ import annotations
 
 import sys
 
-import hydra
 from omegaconf import DictConfig
 
-from sam_engine.engine.session import run_engine
+from sam_engine.cli import run_command
+from sam_engine.engine.session import ALL_STEPS, run_engine
 
 PAUSED_EXIT_CODE = 3
 
 
-@hydra.main(version_base=None, config_path="../../conf", config_name="engine")
-def main(cfg: DictConfig) -> list[dict]:
-    rows = run_engine(cfg)
+def engine(cfg: DictConfig) -> list[dict]:
+    """Run the engine's steps (those of ``cfg.stage`` alone when one is given); exit 3 when paused."""
+    rows = run_engine(cfg, stages=ALL_STEPS if cfg.get("stage") is None else (cfg.stage.number,))
     if rows is None:
         sys.exit(PAUSED_EXIT_CODE)
     return rows
+
+
+def main() -> None:
+    run_command(engine, "engine")
 
 
 if __name__ == "__main__":

@@ -13,7 +13,7 @@ Each step's metrics row: ``stage``, ``round``, the validation metrics of the mod
 (``val/miou_1pt``, ``val/miou_box``, ``val/miou_5pt``, ``val/noc90`` ...) and what it collected
 (``session.round_statistics``).
 
-This is the orchestration layer (as ``train.py``): it reads the engine's config and composes the
+This is the orchestration layer: it reads the engine's config and composes the
 ``train`` config of every training with Hydra's compose API.
 """
 
@@ -40,23 +40,22 @@ from sam_engine.annotate.session import (
     round_statistics,
 )
 from sam_engine.annotate.simulated import SimulatedAnnotator
-from sam_engine.dashboard import FINAL_STAGE
 from sam_engine.data.images import decode_image
 from sam_engine.data.records import decode_masks, make_record
 from sam_engine.data.shards import ShardWriter, shard_name
-from sam_engine.data.synthetic import ensure_synthetic_dataset
+from sam_engine.data.synthetic.dataset import ensure_synthetic_dataset
 from sam_engine.engine.steps import EnginePaused, Steps
-from sam_engine.label import pick_device
-from sam_engine.labelling import Labeller, LabelSummary, list_input_shards, model_id
-from sam_engine.model import load_export
-from sam_engine.predictor import SamPredictor
-from sam_engine.training import evaluate, train
-from sam_engine.visualize import overlay_masks, save_png
+from sam_engine.label.labeller import Labeller, LabelSummary, list_input_shards, model_id
+from sam_engine.model import load_model
+from sam_engine.predict.predictor import SamPredictor
+from sam_engine.stages import FINAL_STEP, SEED_STEP
+from sam_engine.stages import stage as stage_of
+from sam_engine.train.run import evaluate, train
+from sam_engine.utils.device import pick_device
+from sam_engine.utils.visualize import overlay_masks, save_png
 
 log = logging.getLogger(__name__)
 
-STAGE_CONFIGS = {0: "assisted_manual", 1: "assisted_manual", 2: "semi_automatic", 3: "fully_automatic"}
-"""The train config's stage file of each stage's trainings (0: the seed model)."""
 ANNOTATOR_KINDS = ("simulated", "people")
 CORRECTED = "corrected.json"
 """People's corrected COCO export of a round, under the round's directory."""
@@ -101,11 +100,11 @@ class DataEngine:
 
     def plan(self) -> list[tuple[str, int, Callable[[Path], dict]]]:
         """Every step of the engine, in order: (name, stage, action filling the step's directory)."""
-        steps = [("seed", 0, self.seed_step)]
+        steps = [("seed", SEED_STEP, self.seed_step)]
         for stage in (1, 2):
             for k in range(1, self.cfg[f"stage{stage}"].rounds + 1):
                 steps.append((f"stage{stage}/round{k}", stage, lambda d, s=stage, k=k: self.round_step(d, s, k)))
-        return steps + [("stage3", 3, self.stage3_step), ("final", FINAL_STAGE, self.final_step)]
+        return steps + [("stage3", 3, self.stage3_step), ("final", FINAL_STEP, self.final_step)]
 
     def run(self, stages: tuple[int, ...]) -> list[dict]:
         """Run the steps of ``stages`` (0 = seed training, 4 = final evaluation); returns their metrics rows."""
@@ -138,8 +137,9 @@ class DataEngine:
 
     def seed_step(self, directory: Path) -> dict:
         seed = self.cfg.seed_training
-        metrics = self.train(directory / "train", 0, None, seed.max_steps, seed.prompt_warmup_steps, seed.milestones)
-        return {"stage": 0, "round": 0, **metrics}
+        metrics = self.train(directory / "train", SEED_STEP, None, seed.max_steps, seed.prompt_warmup_steps,
+                             seed.milestones)
+        return {"stage": SEED_STEP, "round": 0, **metrics}
 
     def round_step(self, directory: Path, stage: int, round_: int) -> dict:
         """Stage 1 or 2, one round: annotate chunk ``round_`` of the stage's pool, then retrain."""
@@ -149,7 +149,7 @@ class DataEngine:
         samples = pool_chunk(pool, (round_ - 1) * options.images_per_round, options.images_per_round)
         shards = self.run_dir / f"stage{stage}" / "shards"
         prefix = f"round{round_:02d}"
-        model = load_export(export).to(self.device).eval()
+        model = load_model(export).to(self.device).eval()
         if self.cfg.annotator.kind == "people":
             self.people_round(directory, samples, model, export, stage, shards, prefix)
         else:
@@ -176,7 +176,7 @@ class DataEngine:
     def stage3_step(self, directory: Path) -> dict:
         """Automatic masks over pool3 with the last stage-2 model, then the final model trained on them."""
         export = self.export_before(3)
-        model = load_export(export).to(self.device).eval()
+        model = load_model(export).to(self.device).eval()
         generator = SamAutomaticMaskGenerator(model, **OmegaConf.to_container(self.cfg.stage3.amg, resolve=True))
         shards = self.run_dir / "stage3" / "shards"
         inputs = list_input_shards(self.cfg.data.pool3)
@@ -199,7 +199,7 @@ class DataEngine:
         if not (export / "sam.pth").is_file():
             raise FileNotFoundError(f"{export / 'sam.pth'}: stage 3's final model is missing; run the engine first")
         cfg = self.train_config(directory, 3, export, 1, 0, [1])
-        return {"stage": FINAL_STAGE, "round": 0, **evaluate(cfg)}
+        return {"stage": FINAL_STEP, "round": 0, **evaluate(cfg)}
 
     # --- parts ---------------------------------------------------------------------------------------------
 
@@ -252,14 +252,15 @@ class DataEngine:
         """The ``train`` config of one training of the engine."""
         cfg = self.cfg
         overrides = [
-            f"stage={STAGE_CONFIGS[stage]}", f"model={cfg.model}", f"trainer={cfg.trainer}", "logger=csv",
+            f"stage={stage_of(max(stage, 1)).config}",  # the seed trains as stage 1 does
+            f"model={cfg.model}", f"trainer={cfg.trainer}", "logger=csv",
             f"seed={cfg.seed}", f"engine_dir={_quoted(self.run_dir)}", f"run_dir={_quoted(run_dir)}",
             f"init={_quoted(init)}", f"stage.max_steps={steps}", f"prompt_warmup_steps={prompt_warmup_steps}",
             f"stage.milestones=[{','.join(str(m) for m in milestones)}]",
             f"data.train={_quoted(cfg.data.seed)}", f"data.val={_quoted(cfg.data.val)}", "data.synthetic=[]",
             "validate_before_training=false",
         ]
-        overrides.append("stage.collected=[]" if stage == 0 else f"optim.lr={cfg.retrain_lr}")
+        overrides.append("stage.collected=[]" if stage == SEED_STEP else f"optim.lr={cfg.retrain_lr}")
         if (run_dir / "checkpoints" / "last.ckpt").is_file():  # a killed training: resume it
             overrides.append("ckpt_path=last")
         return compose(config_name="train", overrides=overrides + list(cfg.train_overrides))

@@ -7,18 +7,19 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from sam_engine.dashboard import FINAL_STAGE, NullDashboard, WandbDashboard, write_summary
+from sam_engine.engine.dashboard import NullDashboard, WandbDashboard, write_engine_summary
 from sam_engine.engine.run import DataEngine
-from sam_engine.engine.steps import EnginePaused, Steps, claim_run_dir
+from sam_engine.engine.steps import EnginePaused, Steps, record_run_config
+from sam_engine.stages import FINAL_STEP, SEED_STEP, STAGES
 
 log = logging.getLogger(__name__)
 
-ALL_STAGES = (0, 1, 2, 3, FINAL_STAGE)
+ALL_STEPS = (SEED_STEP, *(stage.number for stage in STAGES), FINAL_STEP)
 UNCLAIMED_KEYS = ("logger",)
 """Config keys that do not change what the steps write: a rerun may change them."""
 
 
-def run_engine(cfg: DictConfig, stages: tuple[int, ...] = ALL_STAGES) -> list[dict] | None:
+def run_engine(cfg: DictConfig, stages: tuple[int, ...] = ALL_STEPS) -> list[dict] | None:
     """Run (or resume) the ``stages`` of the engine run ``cfg.run_dir``; returns the metrics rows of their
     steps, or None when the engine paused for people (the log says what they have to do).
 
@@ -27,8 +28,8 @@ def run_engine(cfg: DictConfig, stages: tuple[int, ...] = ALL_STAGES) -> list[di
     run_dir = Path(cfg.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     config = {key: OmegaConf.to_container(cfg[key], resolve=True) if OmegaConf.is_config(cfg[key]) else cfg[key]
-              for key in cfg if key != "stage"}  # the annotate entry point's stage file: which steps, not how
-    claim_run_dir(run_dir, {key: value for key, value in config.items() if key not in UNCLAIMED_KEYS})
+              for key in cfg if key != "stage"}  # stage=N says which steps run, not how
+    record_run_config(run_dir, {key: value for key, value in config.items() if key not in UNCLAIMED_KEYS})
     if cfg.logger.wandb:
         dashboard = WandbDashboard(cfg.logger.project, group=run_dir.resolve().name, run_dir=run_dir,
                                    mode=cfg.logger.get("mode"), config=config)
@@ -44,7 +45,7 @@ def run_engine(cfg: DictConfig, stages: tuple[int, ...] = ALL_STAGES) -> list[di
     finally:
         finished = engine.finished_rows()  # the whole run's, whichever stages this invocation ran
         if finished:
-            paths = write_summary(finished, run_dir)
+            paths = write_engine_summary(finished, run_dir)
             dashboard.log_table(finished)
             log.info("summary: %s", ", ".join(str(p) for p in paths))
         dashboard.finish()

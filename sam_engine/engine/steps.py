@@ -17,7 +17,7 @@ import logging
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
-from sam_engine.atomic_files import write_json_atomic
+from sam_engine.utils.atomic_files import write_json_atomic
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +40,7 @@ def _differences(old: Mapping, new: Mapping, prefix: str = "") -> list[str]:
     return out
 
 
-def claim_run_dir(run_dir: Path, config: Mapping) -> None:
+def record_run_config(run_dir: Path, config: Mapping) -> None:
     """Record ``config`` as the run's, or check that it is the one the run was started with.
 
     Raises:

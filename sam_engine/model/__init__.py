@@ -1,6 +1,6 @@
 """The SAM architecture (timm image encoder, prompt encoder, mask decoder), builders and export."""
 
-from sam_engine.model.build import CheckpointError, build_sam, export_sam, load_checkpoint, load_export
+from sam_engine.model.build import CheckpointError, build_sam, export_sam, load_checkpoint, load_export, load_model
 from sam_engine.model.config import SamConfig, load_variant, variant_names
 from sam_engine.model.sam import Sam
 
@@ -12,6 +12,7 @@ __all__ = [
     "export_sam",
     "load_checkpoint",
     "load_export",
+    "load_model",
     "load_variant",
     "variant_names",
 ]

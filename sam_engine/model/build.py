@@ -8,6 +8,7 @@ rebuild the same model; see ``sam_engine.model.official``).
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -15,9 +16,11 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from sam_engine.atomic_files import write_atomic
 from sam_engine.model.config import SamConfig, load_variant, resolve_config, variant_names
 from sam_engine.model.sam import Sam
+from sam_engine.utils.atomic_files import write_atomic
+
+log = logging.getLogger(__name__)
 
 EXPORT_WEIGHTS = "sam.pth"
 EXPORT_CONFIG = "sam_config.json"
@@ -51,13 +54,53 @@ def build_sam(
     return model.eval()
 
 
-def load_export(export_dir: str | Path) -> Sam:
-    """Rebuild the model saved by ``export_sam`` in ``export_dir``."""
+def load_export(export_dir: str | Path, drop_path_rate: float = 0.0) -> Sam:
+    """Rebuild the model saved by ``export_sam`` in ``export_dir``.
+
+    Raises:
+        FileNotFoundError: ``export_dir`` lacks ``sam.pth`` or ``sam_config.json``, naming them.
+    """
     export_dir = Path(export_dir)
-    for name in (EXPORT_CONFIG, EXPORT_WEIGHTS):
-        if not (export_dir / name).is_file():
-            raise FileNotFoundError(f"{export_dir / name} not found: is {export_dir} an export directory?")
-    return build_sam(export_dir / EXPORT_CONFIG, checkpoint=export_dir / EXPORT_WEIGHTS)
+    missing = [name for name in (EXPORT_WEIGHTS, EXPORT_CONFIG) if not (export_dir / name).is_file()]
+    if missing:
+        raise FileNotFoundError(
+            f"{export_dir}: not an export directory (missing {', '.join(missing)}); "
+            "pass a stage's export, e.g. outputs/engine/stage1/train/export"
+        )
+    return build_sam(export_dir / EXPORT_CONFIG, checkpoint=export_dir / EXPORT_WEIGHTS, drop_path_rate=drop_path_rate)
+
+
+def load_model(
+    init: str | Path | None,
+    variant: str | Mapping[str, Any] | SamConfig | None = None,
+    drop_path_rate: float = 0.0,
+) -> Sam:
+    """The model a command starts from; every command loads its model through this.
+
+    Arguments:
+        init: an export directory (it carries its own architecture: ``variant`` is then ignored, with a
+            warning when it names another), an official-format checkpoint of ``variant``
+            (``sam_vit_b_01ec64.pth``), or None for fresh weights of ``variant``.
+        variant: a variant name, a SamConfig or a mapping of its fields (a Hydra ``model`` node).
+        drop_path_rate: stochastic depth in the image encoder (training only).
+    Returns:
+        The model in eval mode, on the CPU.
+    Raises:
+        FileNotFoundError: ``init`` does not exist, or is a directory that is not an export.
+        ValueError: no ``variant`` for a checkpoint file or for fresh weights.
+    """
+    if init is not None and Path(init).is_dir():
+        model = load_export(init, drop_path_rate=drop_path_rate)
+        if variant is not None and model.config.name != resolve_config(variant).name:
+            log.warning("%s holds a '%s' model; the variant '%s' is ignored", init, model.config.name,
+                        resolve_config(variant).name)
+        return model
+    if init is not None and not Path(init).exists():
+        raise FileNotFoundError(f"{init} not found (an export directory or an official-format .pth checkpoint)")
+    if variant is None:
+        raise ValueError(f"{init or 'fresh weights'}: which model? Give its variant (model=vit_b ...), "
+                         "or an export directory, which carries its own")
+    return build_sam(variant, checkpoint=init, drop_path_rate=drop_path_rate)
 
 
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:

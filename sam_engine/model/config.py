@@ -1,6 +1,6 @@
 """SamConfig: every hyper-parameter that fixes the shape of a SAM model, and the named variants.
 
-The variants (`tiny`, `vit_b`, `vit_l`, `vit_h`) live as data in ``conf/model/<name>.yaml``; the
+The variants (`tiny`, `vit_b`, `vit_l`, `vit_h`) live as data in ``sam_engine/conf/model/<name>.yaml``; the
 same files are the Hydra ``model`` config group. Fields not given in a file keep SAM's defaults.
 """
 
@@ -10,6 +10,7 @@ import dataclasses
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +18,8 @@ import yaml
 
 from sam_engine.transforms import PIXEL_MEAN, PIXEL_STD
 
-VARIANTS_DIR = Path(__file__).resolve().parents[2] / "conf" / "model"
+VARIANTS = resources.files("sam_engine.conf") / "model"
+"""The variant files, package data (a wheel install reads them from the installed package)."""
 
 
 @dataclass(frozen=True)
@@ -102,17 +104,16 @@ class SamConfig:
 
 
 def variant_names() -> list[str]:
-    """Names of the variants shipped in conf/model/."""
-    return sorted(p.stem for p in VARIANTS_DIR.glob("*.yaml"))
+    """Names of the variants shipped in ``sam_engine/conf/model/``."""
+    return sorted(p.name.removesuffix(".yaml") for p in VARIANTS.iterdir() if p.name.endswith(".yaml"))
 
 
 def load_variant(name: str) -> SamConfig:
     """The SamConfig of a named variant, read from ``conf/model/<name>.yaml``."""
-    path = VARIANTS_DIR / f"{name}.yaml"
+    path = VARIANTS / f"{name}.yaml"
     if not path.is_file():
         raise ValueError(f"unknown model variant '{name}'; choose one of {variant_names()}")
-    with open(path) as f:
-        return SamConfig.from_mapping(yaml.safe_load(f), source=str(path))
+    return SamConfig.from_mapping(yaml.safe_load(path.read_text()), source=str(path))
 
 
 def resolve_config(variant_or_config: str | Path | Mapping[str, Any] | SamConfig) -> SamConfig:

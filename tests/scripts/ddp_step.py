@@ -15,10 +15,10 @@ import torch
 from torch.utils.data import DataLoader
 
 from sam_engine.data.loader import make_dataset
-from sam_engine.interactive import SimulationConfig
 from sam_engine.model import build_sam
-from sam_engine.module import InteractiveSamModule
-from sam_engine.optim import OptimConfig
+from sam_engine.train.interactive import SimulationConfig
+from sam_engine.train.module import InteractiveSamModule
+from sam_engine.train.optim import OptimConfig
 
 
 class GradientProbe(pl.Callback):

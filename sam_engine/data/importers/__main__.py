@@ -1,0 +1,61 @@
+"""``python -m sam_engine.data.importers FORMAT key=value ...`` (``sam-import``): data into SA-1B shards.
+
+    sam-import coco annotations=instances.json images=DIR out_dir=shards/coco
+    sam-import sa1b input='/data/sa1b/sa_{000000..000009}.tar' out_dir=shards/sa1b
+    sam-import folder input=photos/ out_dir=shards/photos
+    sam-import coco --help
+
+FORMAT picks the config (``conf/import_<FORMAT>.yaml``); every skipped image or annotation is listed
+in ``<out_dir>/import_report.json``.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from omegaconf import DictConfig
+
+from sam_engine.cli import run_command
+from sam_engine.data.importers.coco import import_coco
+from sam_engine.data.importers.folder import import_folder
+from sam_engine.data.importers.sa1b import import_sa1b
+
+USAGE = """usage: sam-import {coco,sa1b,folder} key=value ...   (or python -m sam_engine.data.importers ...)
+
+Imports data into SA-1B shards: COCO instances with their images (coco), the SA-1B release (sa1b),
+or a folder of unlabelled photos (folder). `sam-import FORMAT --help` lists a format's options.
+"""
+
+
+def coco(cfg: DictConfig) -> None:
+    report = import_coco(cfg.annotations, cfg.images, cfg.out_dir, crowd=cfg.crowd, shard_size=cfg.shard_size,
+                         prefix=cfg.prefix, max_pixels=cfg.max_pixels)
+    print(report.summary())
+
+
+def sa1b(cfg: DictConfig) -> None:
+    inputs = cfg.input if isinstance(cfg.input, str) else list(cfg.input)
+    report = import_sa1b(inputs, cfg.out_dir, shard_size=cfg.shard_size, prefix=cfg.prefix, max_pixels=cfg.max_pixels)
+    print(report.summary())
+
+
+def folder(cfg: DictConfig) -> None:
+    report = import_folder(cfg.input, cfg.out_dir, shard_size=cfg.shard_size, prefix=cfg.prefix,
+                           max_pixels=cfg.max_pixels)
+    print(report.summary())
+
+
+IMPORTERS = {"coco": coco, "sa1b": sa1b, "folder": folder}
+
+
+def main() -> None:
+    fmt = sys.argv[1] if len(sys.argv) > 1 else None
+    if fmt not in IMPORTERS:
+        print(USAGE, file=sys.stdout if fmt in (None, "-h", "--help") else sys.stderr)
+        sys.exit(0 if fmt in ("-h", "--help") else 2)
+    del sys.argv[1]
+    run_command(IMPORTERS[fmt], f"import_{fmt}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,259 @@
+"""COCO instances (JSON + image folder) -> SA-1B shards.
+
+    python -m sam_engine.data.coco annotations=instances_val2017.json images=val2017/ out_dir=shards/coco
+
+Masks are exactly what ``pycocotools.coco.COCO.annToMask`` gives: polygons through ``frPyObjects``
+and ``merge``, uncompressed RLE through ``frPyObjects``, compressed RLE as is. Crowd regions
+(``iscrowd: 1``, a group of objects under one mask) are left out by default, as SAM's data has no
+such masks; ``crowd="include"`` keeps them with ``iscrowd: 1``. Each annotation carries COCO's
+``id``, ``category_id`` and ``iscrowd``; the record's ``image_id`` and ``file_name`` are COCO's; the
+sample key is the file name's path without extension (``000000397133``).
+
+Skipped, each with its reason in ``<out_dir>/import_report.json``: images whose file is missing,
+empty, undecodable, too large or of another size than the JSON says, malformed image entries, and
+annotations (dropped from their image) with a malformed polygon (fewer than 3 points, an odd or
+non-finite coordinate list: pycocotools would read a 4-number polygon as a box), an RLE of another
+size or whose runs do not cover the image, an empty mask, an unknown image id or, by default, a
+crowd flag.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from collections import defaultdict
+from collections.abc import Callable
+from pathlib import Path
+from typing import NamedTuple
+
+from pycocotools import mask as mask_utils
+
+from sam_engine.data.importers.base import (
+    DEFAULT_MAX_PIXELS,
+    ImportReport,
+    ImportSink,
+    SkipSample,
+    check_rle,
+    key_from_path,
+    prepare_image,
+    read_file,
+)
+from sam_engine.data.records import make_annotations, make_record
+
+log = logging.getLogger(__name__)
+
+CROWD_CHOICES = ("exclude", "include")
+
+
+def load_coco_json(path: str | Path) -> dict:
+    """Parse a COCO instances file.
+
+    Returns:
+        The JSON, with an ``images`` list and an ``annotations`` list (empty when absent).
+    Raises:
+        ValueError: unreadable, not UTF-8, not JSON, or without an ``images`` list; naming ``path``.
+    """
+    try:
+        text = Path(path).read_bytes().decode("utf-8")
+        dataset = json.loads(text)
+    except OSError as exc:
+        raise ValueError(f"{path}: cannot read COCO annotations: {exc}") from exc
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"{path}: not UTF-8: {exc}") from exc
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{path}: not JSON: {exc}") from exc
+    if not isinstance(dataset, dict) or not isinstance(dataset.get("images"), list):
+        raise ValueError(f"{path}: expected an object with an 'images' list")
+    annotations = dataset.setdefault("annotations", [])
+    if not isinstance(annotations, list):
+        raise ValueError(f"{path}: 'annotations' is not a list")
+    return dataset
+
+
+def _is_positive_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value > 0
+
+
+_IMAGE_FIELDS = (
+    ("id", lambda v: isinstance(v, (int, str)) and not isinstance(v, bool)),
+    ("file_name", lambda v: isinstance(v, str) and v != ""),
+    ("height", _is_positive_int),
+    ("width", _is_positive_int),
+)
+
+
+class CocoImage(NamedTuple):
+    """The fields of a COCO image entry that an import uses."""
+
+    id: int | str
+    file_name: str
+    height: int
+    width: int
+
+
+def image_entry(entry: object, where: str) -> CocoImage:
+    """The checked fields of a COCO image entry, or SkipSample ``bad_image_entry``."""
+    if not isinstance(entry, dict):
+        raise SkipSample("bad_image_entry", f"{where}: expected an object, got {type(entry).__name__}")
+    for name, check in _IMAGE_FIELDS:
+        if not check(entry.get(name)):
+            raise SkipSample(
+                "bad_image_entry", f"{where}: field {name!r} missing or invalid: {entry.get(name)!r:.60}"
+            )
+    return CocoImage(entry["id"], entry["file_name"], entry["height"], entry["width"])
+
+
+def _polygons(segmentation: list, where: str) -> list[list[float]]:
+    """Check polygons: each a flat list of at least 3 (x, y) pairs of finite numbers."""
+    if not segmentation:
+        raise SkipSample("bad_segmentation", f"{where}: empty polygon list")
+    for i, polygon in enumerate(segmentation):
+        ok = isinstance(polygon, list) and len(polygon) >= 6 and len(polygon) % 2 == 0
+        if not ok or not all(isinstance(v, (int, float)) and math.isfinite(v) for v in polygon):
+            raise SkipSample(
+                "bad_segmentation", f"{where}: polygon {i} is not an even list of >= 6 finite numbers"
+            )
+    return segmentation
+
+
+def coco_rle(segmentation: object, height: int, width: int, where: str) -> dict:
+    """The RLE of a COCO segmentation, as ``COCO.annToRLE`` computes it for an ``height`` x ``width`` image.
+
+    Raises:
+        SkipSample: ``bad_segmentation`` (neither polygons nor RLE, malformed polygons), ``rle_size``
+            or ``bad_rle`` (see :func:`~sam_engine.data.importers.base.check_rle`), naming ``where``.
+    """
+    if isinstance(segmentation, list):
+        return mask_utils.merge(mask_utils.frPyObjects(_polygons(segmentation, where), height, width))
+    if not isinstance(segmentation, dict) or "counts" not in segmentation:
+        raise SkipSample("bad_segmentation", f"{where}: segmentation is neither polygons nor an RLE")
+    check_rle(segmentation, height, width, where)
+    if isinstance(segmentation["counts"], list):
+        return mask_utils.frPyObjects(segmentation, height, width)
+    return {"size": [height, width], "counts": segmentation["counts"].encode("ascii")}
+
+
+def coco_annotations(
+    annotations: list[dict],
+    height: int,
+    width: int,
+    *,
+    include_crowd: bool,
+    where: str,
+    drop: Callable[[str, str, str], None],
+) -> list[dict]:
+    """SA-1B annotations of one image's COCO annotations (masks decoded and re-encoded in bulk).
+
+    Arguments:
+        annotations: the image's COCO annotation dicts.
+        height, width: the image size from the COCO JSON.
+        include_crowd: keep ``iscrowd: 1`` annotations.
+        where: names the image in messages.
+        drop: called as ``drop(source, kind, reason)`` for each annotation left out.
+    """
+    kept, rles = [], []
+    for annotation in annotations:
+        source = f"{where}: annotation {annotation.get('id')!r}"
+        if annotation.get("iscrowd", 0) and not include_crowd:
+            drop(source, "crowd_excluded", f"{source}: iscrowd=1 (crowd=exclude)")
+            continue
+        try:
+            rles.append(coco_rle(annotation.get("segmentation"), height, width, source))
+            kept.append(annotation)
+        except SkipSample as exc:
+            drop(source, exc.kind, str(exc))
+    if not rles:
+        return []
+    masks = mask_utils.decode(rles).transpose(2, 0, 1).view(bool)  # N x H x W
+    nonempty = masks.any(axis=(1, 2))
+    for annotation in (a for a, ok in zip(kept, nonempty, strict=True) if not ok):
+        source = f"{where}: annotation {annotation.get('id')!r}"
+        drop(source, "empty_mask", f"{source}: the mask has no pixel")
+    kept = [a for a, ok in zip(kept, nonempty, strict=True) if ok]
+    result = make_annotations(masks[nonempty], provenance={"source": "seed"})
+    for out, annotation in zip(result, kept, strict=True):
+        out["id"] = annotation.get("id", out["id"])
+        out["iscrowd"] = int(bool(annotation.get("iscrowd", 0)))
+        if "category_id" in annotation:
+            out["category_id"] = annotation["category_id"]
+    return result
+
+
+def import_coco(
+    annotations: str | Path,
+    images: str | Path,
+    out_dir: str | Path,
+    *,
+    crowd: str = "exclude",
+    shard_size: int = 1000,
+    prefix: str = "shard",
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+) -> ImportReport:
+    """Import a COCO instances file and its image folder into a shard directory.
+
+    Arguments:
+        annotations: the COCO JSON.
+        images: the folder the JSON's ``file_name`` s are relative to.
+        out_dir: the shard directory (resumed if it has shards already).
+        crowd: ``exclude`` (default) or ``include`` crowd annotations.
+        shard_size, prefix: see :class:`~sam_engine.data.importers.base.ImportSink`.
+        max_pixels: larger images are skipped.
+    Returns:
+        The report (also in ``<out_dir>/import_report.json``).
+    Raises:
+        ValueError: the annotations file itself is unusable, or ``crowd`` is not a choice.
+    """
+    if crowd not in CROWD_CHOICES:
+        raise ValueError(f"crowd must be one of {CROWD_CHOICES}, got {crowd!r}")
+    dataset = load_coco_json(annotations)
+    images = Path(images)
+    by_image = defaultdict(list)
+    for annotation in dataset["annotations"]:
+        by_image[annotation.get("image_id") if isinstance(annotation, dict) else None].append(annotation)
+    with ImportSink(out_dir, shard_size=shard_size, prefix=prefix) as sink:
+        known = set()
+        for i, entry in enumerate(dataset["images"]):
+            where = f"{annotations}: images[{i}]"
+            try:
+                image = image_entry(entry, where)
+            except SkipSample as exc:
+                sink.report.skip(where, exc.kind, str(exc))
+                continue
+            known.add(image.id)
+            path = images / image.file_name
+            with sink.guard(str(path)):
+                _import_image(sink, path, image, by_image.get(image.id, []), crowd == "include", max_pixels)
+        for image_id in by_image.keys() - known:
+            for annotation in by_image[image_id]:
+                label = annotation.get("id") if isinstance(annotation, dict) else annotation
+                source = f"{annotations}: annotation {label!r}"
+                sink.report.skip_annotation(
+                    source, "unknown_image", f"{source}: image_id {image_id!r} is not in images"
+                )
+    return sink.report
+
+
+def _import_image(
+    sink: ImportSink, path: Path, entry: CocoImage, annotations: list, include_crowd: bool, max_pixels: int
+) -> None:
+    """Decode one COCO image, convert its annotations and write the sample (runs inside ``sink.guard``)."""
+    key = key_from_path(entry.file_name)
+    if sink.is_done(key):
+        return
+    image = prepare_image(read_file(path), str(path), max_pixels)
+    if (image.height, image.width) != (entry.height, entry.width):
+        raise SkipSample(
+            "size_mismatch",
+            f"{path}: the image is {image.width}x{image.height}, the JSON says {entry.width}x{entry.height}",
+        )
+    converted = coco_annotations(
+        [a for a in annotations if isinstance(a, dict)],
+        entry.height,
+        entry.width,
+        include_crowd=include_crowd,
+        where=str(path),
+        drop=sink.report.skip_annotation,
+    )
+    record = make_record(entry.id, entry.width, entry.height, entry.file_name, converted)
+    sink.write(key, image, record)

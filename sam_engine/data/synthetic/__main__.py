@@ -1,0 +1,36 @@
+"""``python -m sam_engine.data.synthetic`` (``sam-synthetic``): write (or complete) a synthetic dataset.
+
+    python -m sam_engine.data.synthetic out_dir=data/synthetic/train num_images=512 seed=0 image_size=256
+"""
+
+from __future__ import annotations
+
+import logging
+
+from omegaconf import DictConfig, OmegaConf
+
+from sam_engine.cli import run_command
+from sam_engine.data.synthetic.dataset import ensure_synthetic_dataset
+
+log = logging.getLogger(__name__)
+
+
+def synthetic(cfg: DictConfig) -> None:
+    out_dir = ensure_synthetic_dataset(
+        cfg.out_dir,
+        num_images=cfg.num_images,
+        seed=cfg.seed,
+        image_size=cfg.image_size,
+        shard_size=cfg.shard_size,
+        image_format=cfg.image_format,
+        scene=OmegaConf.to_container(cfg.scene),
+    )
+    log.info("synthetic dataset ready: %s", out_dir)
+
+
+def main() -> None:
+    run_command(synthetic, "synthetic")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,2 @@
+"""Helpers with no knowledge of SAM: atomic files, CPU worker threads, glibc malloc settings, the
+device choice, mask overlays as PNG."""
