@@ -1,4 +1,4 @@
-"""``python -m sam_engine.engine`` and ``python -m sam_engine.annotate``: every step of a small engine run,
+"""``python -m sam_engine.engine`` (and its ``stage=N``): every step of a small engine run,
 its outputs, dashboards and summary; resuming after a kill; refusals; the people (COCO) path."""
 
 from __future__ import annotations

@@ -400,17 +400,6 @@ def test_folder_import_skips_images_over_max_pixels(tmp_path):
     assert skipped(report) == {"long.png": "too_large"} and report.imported == 1
 
 
-@pytest.mark.parametrize("module", ["coco", "sa1b", "folder"])
-def test_importer_command_lines_have_help(module):
-    result = subprocess.run(
-        [sys.executable, "-m", f"sam_engine.data.{module}", "--help"],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert result.returncode == 0 and "out_dir" in result.stdout
-
-
 def test_folder_command_line_imports(tmp_path):
     (tmp_path / "in").mkdir()
     (tmp_path / "in" / "a.png").write_bytes(image_bytes(random_pixels(3, 3)))

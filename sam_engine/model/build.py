@@ -96,7 +96,8 @@ def load_model(
                         resolve_config(variant).name)
         return model
     if init is not None and not Path(init).exists():
-        raise FileNotFoundError(f"{init} not found (an export directory or an official-format .pth checkpoint)")
+        raise FileNotFoundError(f"{init} not found (an export directory, holding {EXPORT_WEIGHTS} and "
+                                f"{EXPORT_CONFIG}, or an official-format .pth checkpoint)")
     if variant is None:
         raise ValueError(f"{init or 'fresh weights'}: which model? Give its variant (model=vit_b ...), "
                          "or an export directory, which carries its own")
