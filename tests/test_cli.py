@@ -1,0 +1,85 @@
+"""Every command's ``--help`` and ``--cfg job`` from the checkout, run as a user runs them; and the stage table."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from sam_engine.stages import STAGES, stage, step_label
+
+FORMATS = ("coco", "sa1b", "folder")
+COMMANDS = [
+    ["sam_engine.train"],
+    ["sam_engine.label"],
+    ["sam_engine.engine"],
+    ["sam_engine.predict"],
+    *(["sam_engine.data.importers", fmt] for fmt in FORMATS),
+    ["sam_engine.data.synthetic"],
+    ["sam_engine.data.stats"],
+]
+
+
+def run_module(args: list[str], cwd) -> subprocess.CompletedProcess:
+    """``python -m ARGS`` in ``cwd`` (an empty directory: nothing found beside the command, nothing left behind)."""
+    return subprocess.run([sys.executable, "-m", *args], cwd=cwd, capture_output=True, text=True, timeout=120)
+
+
+@pytest.mark.parametrize("command", COMMANDS, ids=" ".join)
+def test_help(tmp_path, command):
+    result = run_module([*command, "--help"], tmp_path)
+    out = result.stdout + result.stderr
+    assert result.returncode == 0, out
+    assert "Traceback" not in out, out
+    assert result.stdout.splitlines()[0].startswith("usage:"), out
+    assert "== Config" in out, out
+    assert list(tmp_path.iterdir()) == [], "--help wrote files"
+
+
+def test_importers_help_lists_formats(tmp_path):
+    result = run_module(["sam_engine.data.importers", "--help"], tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    first = result.stdout.splitlines()[0]
+    assert first.startswith("usage:"), result.stdout
+    assert all(fmt in first for fmt in FORMATS), first
+
+
+def test_importers_unknown_format(tmp_path):
+    result = run_module(["sam_engine.data.importers", "bogus"], tmp_path)
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert all(fmt in result.stderr for fmt in FORMATS), result.stderr
+    assert "Traceback" not in result.stderr, result.stderr
+
+
+@pytest.mark.parametrize(
+    "command, expected, stage_node",
+    [
+        (["sam_engine.train", "stage=1"], "name: assisted_manual", {"name": "assisted_manual", "number": 1}),
+        (["sam_engine.engine", "stage=2"], "number: 2", {"name": "semi_automatic", "number": 2}),
+    ],
+    ids=["train stage=1", "engine stage=2"],
+)
+def test_stage_number_on_command_line(tmp_path, command, expected, stage_node):
+    result = run_module([*command, "--cfg", "job"], tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert expected in result.stdout, result.stdout
+    cfg = yaml.safe_load(result.stdout)
+    assert {key: cfg["stage"][key] for key in stage_node} == stage_node, cfg["stage"]
+
+
+def test_stages():
+    assert [s.number for s in STAGES] == [1, 2, 3]
+    assert stage(1).config == "assisted_manual"
+    assert stage(2).config == "semi_automatic"
+    assert stage(3).config == "fully_automatic"
+    assert step_label(0) == "seed"
+    assert step_label(1) == "stage 1"
+    assert step_label(2) == "stage 2"
+    assert step_label(3) == "stage 3"
+    assert step_label(4) == "final"
+    with pytest.raises(ValueError, match="stage 5"):
+        stage(5)
+    with pytest.raises(ValueError):
+        step_label(5)
