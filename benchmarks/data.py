@@ -1,6 +1,6 @@
 """Throughput of the data layer: writing SA-1B shards and reading them through the training pipeline.
 
-    python benchmarks/data.py                         # 64 images of 1024 px with 64 masks each
+    python benchmarks/data.py                         # 48 images of 1024 px with 64 masks each
     python benchmarks/data.py --images 200 --image-size 1500 --workers 1 2 4
 
 Synthetic JPEG images with 64 random ellipses and polygons each are generated in memory, annotated

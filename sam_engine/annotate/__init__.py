@@ -6,7 +6,6 @@
 - ``uncovered``: the objects no pre-filled (stage 2) mask covers, which the annotator still draws.
 - ``session``: one annotation round of the engine (pre-fill, annotate, a shard) and its statistics.
 - ``coco_bridge``: people instead of the simulator: proposals out to COCO, corrections back in.
-- ``python -m sam_engine.annotate stage=1|2`` (``__main__``): one annotation stage of the engine.
 """
 
 from sam_engine.annotate.cost import AnnotationTimeModel

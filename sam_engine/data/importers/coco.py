@@ -1,6 +1,6 @@
 """COCO instances (JSON + image folder) -> SA-1B shards.
 
-    python -m sam_engine.data.coco annotations=instances_val2017.json images=val2017/ out_dir=shards/coco
+    python -m sam_engine.data.importers coco annotations=instances_val2017.json images=val2017/ out_dir=shards/coco
 
 Masks are exactly what ``pycocotools.coco.COCO.annToMask`` gives: polygons through ``frPyObjects``
 and ``merge``, uncompressed RLE through ``frPyObjects``, compressed RLE as is. Crowd regions

@@ -1,6 +1,6 @@
 """A folder of unlabelled images -> shards with empty annotation lists (the pool stage 3 labels).
 
-    python -m sam_engine.data.folder input=photos/ out_dir=shards/pool
+    python -m sam_engine.data.importers folder input=photos/ out_dir=shards/pool
 
 Images are found recursively (jpg, jpeg, png, bmp, tif, tiff, webp; other files are skipped and
 reported). JPEG and PNG bytes are kept as they are, EXIF orientation included; other formats and

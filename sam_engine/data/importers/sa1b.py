@@ -1,7 +1,7 @@
 """The SA-1B release layout -> our shards, or read in place.
 
-    python -m sam_engine.data.sa1b input=/data/sa1b out_dir=shards/sa1b
-    python -m sam_engine.data.sa1b 'input=/data/sa1b/sa_{000000..000009}.tar' out_dir=shards/sa1b
+    python -m sam_engine.data.importers sa1b input=/data/sa1b out_dir=shards/sa1b
+    python -m sam_engine.data.importers sa1b 'input=/data/sa1b/sa_{000000..000009}.tar' out_dir=shards/sa1b
 
 The release is tars of ``sa_<N>.jpg`` + ``sa_<N>.json`` pairs, or those files extracted into a
 directory. ``input`` is a directory (every ``*.tar`` below it is read, and every loose jpg/json
