@@ -4,12 +4,23 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import yaml
 
 from sam_engine.stages import STAGES, stage, step_label
 
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10
+    tomllib = pytest.importorskip("tomli")
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPTS = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
+"""pyproject.toml's console scripts: {"sam-train": "sam_engine.train.__main__:main", ...}."""
+SCRIPT_OF = {target.split(":")[0].removesuffix(".__main__"): name for name, target in SCRIPTS.items()}
+"""The console script of each command's module: {"sam_engine.train": "sam-train", ...}."""
 FORMATS = ("coco", "sa1b", "folder")
 COMMANDS = [
     ["sam_engine.train"],
@@ -33,9 +44,17 @@ def test_help(tmp_path, command):
     out = result.stdout + result.stderr
     assert result.returncode == 0, out
     assert "Traceback" not in out, out
-    assert result.stdout.splitlines()[0].startswith("usage:"), out
+    first = result.stdout.splitlines()[0]
+    assert first.startswith("usage:"), out
+    # The usage names the console script and the module form: `usage: sam-import coco ...`, `python -m ...`.
+    assert first.startswith(" ".join(["usage:", SCRIPT_OF[command[0]], *command[1:]])), first
+    assert f"python -m {' '.join(command)}" in result.stdout, result.stdout
     assert "== Config" in out, out
     assert list(tmp_path.iterdir()) == [], "--help wrote files"
+
+
+def test_every_console_script_has_its_help_tested():
+    assert SCRIPT_OF.keys() == {command[0] for command in COMMANDS}, SCRIPTS
 
 
 def test_importers_help_lists_formats(tmp_path):
@@ -44,6 +63,13 @@ def test_importers_help_lists_formats(tmp_path):
     first = result.stdout.splitlines()[0]
     assert first.startswith("usage:"), result.stdout
     assert all(fmt in first for fmt in FORMATS), first
+    assert "Traceback" not in result.stdout + result.stderr
+
+
+def test_importers_without_format_prints_usage_and_fails(tmp_path):
+    result = run_module(["sam_engine.data.importers"], tmp_path)
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert result.stdout.startswith("usage:") and all(fmt in result.stdout for fmt in FORMATS), result.stdout
 
 
 def test_importers_unknown_format(tmp_path):
@@ -83,3 +109,9 @@ def test_stages():
         stage(5)
     with pytest.raises(ValueError):
         step_label(5)
+
+
+@pytest.mark.parametrize("entry", STAGES, ids=lambda entry: entry.config)
+def test_each_stage_has_its_config_file(entry):
+    cfg = yaml.safe_load((ROOT / "sam_engine" / "conf" / "stage" / f"{entry.config}.yaml").read_text())
+    assert (cfg["name"], cfg["number"]) == (entry.config, entry.number)
