@@ -129,7 +129,7 @@ class SamAutomaticMaskGenerator:
             spread over PyTorch's threads. The workers share the memory budget of ``UPSAMPLE_BUDGET_BYTES``.
 
     Creating one sets the process's glibc malloc to keep freed memory for reuse (``malloc.reuse_freed_memory``):
-    without it a quarter to a third of the generator's time on a CPU went to page faults.
+    without it much of the generator's time on a CPU goes to page faults (docs/performance.md).
     """
 
     def __init__(

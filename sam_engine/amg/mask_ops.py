@@ -33,7 +33,8 @@ def above(values: torch.Tensor, threshold: float, buffer: torch.Tensor | None = 
     (it may be ``values`` itself); a new one if None.
 
     The comparison writes 0/1 in the values' dtype, then converts to bool: on a CPU, PyTorch vectorises a
-    comparison into its input's dtype but not into bool, and the two passes take 2.3x less time than one.
+    comparison into its input's dtype but not into bool, so the two passes take less time than one
+    (docs/performance.md).
     """
     buffer = torch.empty_like(values) if buffer is None else buffer
     return torch.gt(values, threshold, out=buffer).bool()
@@ -44,7 +45,7 @@ def count_true(flags: torch.Tensor) -> torch.Tensor:
 
     The row is cut in 255 stretches that are added element-wise as uint8 (exact: at most 255 per
     position), vector by vector along contiguous memory; then the stretch's totals are summed in int32.
-    About 7x faster on a CPU than one sum of bools into int32, which converts every value first.
+    Faster on a CPU than one sum of bools into int32, which converts every value first (docs/performance.md).
     """
     stretches = 255
     length = flags.shape[-1]
@@ -57,8 +58,8 @@ def count_true(flags: torch.Tensor) -> torch.Tensor:
 def masks_to_boxes(masks: torch.Tensor) -> torch.Tensor:
     """Tight XYXY boxes around masks, with inclusive pixel indices (x2 = last column), as SAM.
 
-    Whether a row or column holds the mask is a maximum over its bytes (``amax`` of uint8 is vectorised
-    on a CPU; ``any`` of bool over the last dimension was 50x slower).
+    Whether a row or column holds the mask is a maximum over its bytes: ``amax`` of uint8 is vectorised on a
+    CPU, ``any`` of bool over the last dimension is not (docs/performance.md).
 
     Arguments:
         masks: K x H x W bool.

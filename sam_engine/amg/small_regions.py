@@ -19,10 +19,9 @@ __all__ = ["DEFAULT_MAX_PIXELS_PER_CALL", "remove_small_regions"]
 #: One call's working set is ~10 bytes per pixel (uint8 image, int32 labels, their gathered copy,
 #: bool look-up output), up to ~20 for pathological masks with a component every other pixel (stats,
 #: centroids and OpenCV's union-find grow with the number of components): ~10 MB typical, ~20 MB
-#: worst at 2**20. Bigger stacks do not pay: OpenCV's labelling is cache-bound, and measured on a
-#: 2-core Xeon (200 masks of 512 x 512) a call's time per pixel grows with the stack beyond a few
-#: MB (2**20: 0.91 s, 2**22: 1.07 s, 2**24: 1.49 s, 2**26: 2.5 s), while the per-chunk overhead
-#: is tens of microseconds. 2**20 is 3 masks of 512 x 512, 60 of 128 x 128; an SA-1B-sized mask
+#: worst at 2**20. Bigger stacks do not pay: OpenCV's labelling is cache-bound, so a call's time per
+#: pixel grows with the stack beyond a few MB, while the per-chunk overhead is small
+#: (docs/performance.md). 2**20 is 3 masks of 512 x 512, 60 of 128 x 128; an SA-1B-sized mask
 #: (1500 x 2250) goes alone.
 DEFAULT_MAX_PIXELS_PER_CALL = 2**20
 

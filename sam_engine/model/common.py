@@ -13,7 +13,7 @@ def batch_chunk(device: torch.device, bytes_per_item: int, batch: int) -> int:
     """How many items of a batch to compute together: on a CPU, as many as fill ``CPU_CHUNK_BYTES``.
 
     Element-wise passes (additions, norms, activations) over a CPU's main memory are its bottleneck at
-    1024 px: over chunks that stay in its caches between operations, SAM's decoder ran ~1.4x faster.
+    1024 px; over chunks that stay in its caches between operations they run faster (docs/performance.md).
     A GPU gets the whole batch (always at least 1).
     """
     if device.type != "cpu":

@@ -197,8 +197,8 @@ def _softmax(scores: torch.Tensor, dim: int) -> torch.Tensor:
     """Softmax along ``dim`` with its subnormal weights (below ``finfo.tiny``, about 1e-38) set to 0.
 
     A confident attention over thousands of image positions gives most of them weights that underflow to
-    subnormal numbers; an x86 CPU multiplies those dozens of times slower (the final token-to-image
-    attention of a trained SAM ran 16x slower than the others), and they add less than 1e-38 to any result.
+    subnormal numbers; an x86 CPU multiplies those many times slower (docs/performance.md), and they add
+    less than 1e-38 to any result.
     """
     weights = scores.softmax(dim=dim)  # in place where no gradient needs the softmax's output
     return F.threshold(weights, torch.finfo(weights.dtype).tiny, 0.0, inplace=not torch.is_grad_enabled())

@@ -3,8 +3,7 @@
 PyTorch spreads every operation over its intra-op threads (OpenMP) and joins them at its end. The automatic
 mask generator's decoder runs hundreds of small operations per batch of clicks: many are too small to be
 split at all, and the others pay a fork and a join each. Decoding independent batches on threads of their
-own, each single-threaded, keeps every core busy instead: at the tiny model on 2 cores, 8-17% less time per
-image, with the same masks.
+own, each single-threaded, keeps every core busy instead, with the same masks (docs/performance.md).
 
 Only with PyTorch's OpenMP backend, whose thread settings are per thread (``parallel_map`` falls back to
 a loop otherwise); the pool's threads change nothing for the process's other threads.

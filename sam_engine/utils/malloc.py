@@ -1,5 +1,6 @@
 """glibc's malloc set to keep freed memory for reuse: a CPU process that allocates large tensors by the
-gigabyte (the automatic mask generator) otherwise spends a quarter to a third of its time in page faults."""
+gigabyte (the automatic mask generator) otherwise spends much of its time in page faults; see
+docs/performance.md."""
 
 from __future__ import annotations
 
@@ -20,11 +21,10 @@ def reuse_freed_memory() -> bool:
 
     By default glibc serves blocks above a threshold (128 KiB, raised as they are freed, up to 32 MiB) with
     ``mmap``, unmaps them on ``free`` and trims its heap: every new tensor of a few MiB then starts on fresh
-    pages, which the kernel zero-fills on first touch. One image through the automatic mask generator cost
-    240,000 page faults and 0.4 s of system time of ~1.2 s at 256 px (tiny); 3.9 million and 8 s of ~34 s at
-    1024 px (vit_b). With no ``mmap`` (``M_MMAP_MAX`` 0) and no trimming, both take ~0 page faults: vit_b ran
-    in 26 s. The resident memory stays at its high-water mark instead, which does not grow with the number
-    of images (the freed blocks are reused). Where the heap cannot grow, glibc still falls back to ``mmap``.
+    pages, which the kernel zero-fills on first touch: the automatic mask generator faults on every new
+    tensor. With no ``mmap`` (``M_MMAP_MAX`` 0) and no trimming, freed blocks are reused and those faults go
+    (docs/performance.md). The resident memory stays at its high-water mark instead, which does not grow with
+    the number of images. Where the heap cannot grow, glibc still falls back to ``mmap``.
     """
     try:
         mallopt = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").mallopt
