@@ -1,0 +1,144 @@
+"""A model's quality through the official ``segment_anything`` predictor, on scenes no training saw.
+
+    python benchmarks/official_quality.py outputs/engine/stage1/train/export
+    python benchmarks/official_quality.py EXPORT_A EXPORT_B --images 64 --seed 1000 --max-clicks 20
+
+Each export (``sam.pth`` + ``sam_config.json``) is rebuilt with Meta's classes and prompted through
+``SamPredictor.predict_torch``, all the masks of an image at once. Per ground-truth mask of the
+synthetic scenes (the embedded dataset's scene settings, ``--seed`` distinct from every training set):
+
+- 1 click: at the pixel farthest from the boundary, three outputs, the highest predicted IoU kept
+  (SAM's 1-point protocol);
+- box: the tight box, the single output;
+- k clicks: each next click at the centre of the largest error region (RITM/SAM), positive or
+  negative, with the previous low-res logits as mask prompt, single output; mIoU after 5 clicks and
+  NoC90 (clicks to IoU >= 0.9, ``--max-clicks`` when never reached).
+
+Every mIoU comes with a 95% confidence interval (normal approximation over images: masks of one
+image are not independent). ``--json`` writes the figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+import yaml
+
+from sam_engine.data.synthetic.scenes import SceneSpec, generate_scene
+from sam_engine.model.official import load_official_export
+from sam_engine.train.prompts import PADDING, farthest_from_boundary_points, largest_error_region_clicks, mask_boxes
+
+CLICKS_FOR_MIOU = 5
+
+
+def embedded_scene_spec() -> SceneSpec:
+    """The scene settings of the embedded training data (``sam_engine/conf/data/synthetic.yaml``)."""
+    from importlib import resources
+
+    config = yaml.safe_load((resources.files("sam_engine.conf") / "data" / "synthetic.yaml").read_text())
+    scene = config["synthetic"][0]["scene"]
+    return SceneSpec(image_size=config["synthetic"][0]["image_size"], min_objects=scene["min_objects"],
+                     max_objects=scene["max_objects"], object_area=tuple(scene["object_area"]),
+                     min_mask_area=scene["min_mask_area"])
+
+
+def iou(pred: torch.Tensor, gt: torch.Tensor) -> torch.Tensor:
+    """N x H x W bool each -> N IoUs."""
+    inter = (pred & gt).flatten(1).sum(1)
+    union = (pred | gt).flatten(1).sum(1)
+    return inter / union.clamp(min=1)
+
+
+def score_image(predictor, image: np.ndarray, gt: torch.Tensor, max_clicks: int) -> dict[str, torch.Tensor]:
+    """Per-mask IoUs of one image: ``1pt``, ``box``, ``5pt`` (N each) and ``noc90`` (N clicks)."""
+    predictor.set_image(image)
+    size = image.shape[:2]
+
+    def predict(points, labels, boxes=None, mask_input=None, multimask=False):
+        coords = None if points is None else predictor.transform.apply_coords_torch(points, size)
+        box = None if boxes is None else predictor.transform.apply_boxes_torch(boxes, size)
+        masks, scores, logits = predictor.predict_torch(coords, labels, box, mask_input, multimask_output=multimask)
+        best = scores.argmax(dim=1)
+        rows = torch.arange(len(best))
+        return masks[rows, best], logits[rows, best][:, None]
+
+    first = farthest_from_boundary_points(gt)
+    points, labels = first.points[:, None].float(), first.labels[:, None]
+    one_click, _ = predict(points, labels, multimask=True)
+    box_masks, _ = predict(None, None, boxes=mask_boxes(gt).float())
+
+    per_click = []
+    masks, logits = predict(points, labels)  # the interactive chain: single output from the first click
+    per_click.append(iou(masks, gt))
+    for _ in range(max_clicks - 1):
+        nxt = largest_error_region_clicks(masks, gt, previous=None)
+        done = nxt.labels == PADDING  # nothing left to click: repeat the last click, as a no-op
+        new_points = torch.where(done[:, None], points[:, -1], nxt.points)
+        new_labels = torch.where(done, labels[:, -1], nxt.labels)
+        points = torch.cat([points, new_points[:, None].float()], dim=1)
+        labels = torch.cat([labels, new_labels[:, None]], dim=1)
+        masks, logits = predict(points, labels, mask_input=logits)
+        per_click.append(iou(masks, gt))
+    ious = torch.stack(per_click, dim=1)  # N x max_clicks
+    reached = ious >= 0.9
+    noc = torch.where(reached.any(dim=1), reached.float().argmax(dim=1) + 1, torch.tensor(max_clicks))
+    return {"1pt": iou(one_click, gt), "box": iou(box_masks, gt),
+            "5pt": ious[:, min(CLICKS_FOR_MIOU, max_clicks) - 1], "noc90": noc.float()}
+
+
+def mean_with_interval(per_image: list[torch.Tensor]) -> tuple[float, float]:
+    """The mean over all masks and the half-width of its 95% interval, from the spread of image means."""
+    values = torch.cat(per_image)
+    image_means = torch.stack([v.mean() for v in per_image])
+    half = 1.96 * float(image_means.std()) / len(per_image) ** 0.5 if len(per_image) > 1 else float("nan")
+    return float(values.mean()), half
+
+
+@torch.no_grad()
+def evaluate(export: str, num_images: int, seed: int, max_clicks: int) -> dict:
+    from segment_anything import SamPredictor
+
+    model = load_official_export(export).eval()
+    predictor = SamPredictor(model)
+    spec = embedded_scene_spec()
+    results: dict[str, list[torch.Tensor]] = {"1pt": [], "box": [], "5pt": [], "noc90": []}
+    for index in range(num_images):
+        scene = generate_scene(seed, index, spec)
+        scores = score_image(predictor, scene.image, torch.from_numpy(scene.masks), max_clicks)
+        for key, value in scores.items():
+            results[key].append(value)
+    out = {"export": export, "images": num_images, "masks": int(sum(len(v) for v in results["1pt"])),
+           "seed": seed, "max_clicks": max_clicks}
+    for key, values in results.items():
+        mean, half = mean_with_interval(values)
+        name = "noc90" if key == "noc90" else f"miou_{key}"
+        out[name], out[f"{name}_ci95"] = round(mean, 4), round(half, 4)
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("exports", nargs="+", help="export directories (sam.pth + sam_config.json)")
+    parser.add_argument("--images", type=int, default=32, help="unseen synthetic scenes")
+    parser.add_argument("--seed", type=int, default=1000, help="scene seed (training uses 0, 1 and 10-14)")
+    parser.add_argument("--max-clicks", type=int, default=20, help="NoC cap")
+    parser.add_argument("--json", help="write the results here")
+    args = parser.parse_args()
+    rows = []
+    for export in args.exports:
+        row = evaluate(export, args.images, args.seed, args.max_clicks)
+        rows.append(row)
+        print(f"{export}: {row['masks']} masks on {row['images']} images | "
+              f"1-click {row['miou_1pt']:.3f} +- {row['miou_1pt_ci95']:.3f} | box {row['miou_box']:.3f} "
+              f"+- {row['miou_box_ci95']:.3f} | 5-click {row['miou_5pt']:.3f} +- {row['miou_5pt_ci95']:.3f} | "
+              f"NoC90 {row['noc90']:.2f} (cap {row['max_clicks']})", flush=True)
+    if args.json:
+        Path(args.json).write_text(json.dumps(rows, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()
