@@ -1,6 +1,6 @@
 """``python -m sam_engine.engine`` (``sam-engine``): the whole data engine, resumable (``conf/engine.yaml``).
 
-    python -m sam_engine.engine                          # tiny model, synthetic data, CPU, < 10 min
+    python -m sam_engine.engine                          # tiny model, synthetic data, CPU (docs/performance.md)
     python -m sam_engine.engine run_dir=outputs/run2 stage1.rounds=6 stage2.rounds=5
     python -m sam_engine.engine annotator.kind=people    # pauses for people at each annotation round
     python -m sam_engine.engine stage=1                  # stage 1's rounds only (the seed model must exist)

@@ -22,7 +22,7 @@ class Attention(nn.Module):
 
     Fresh keys are mimetic (``common.mimetic_keys_``): a prompt token and the image location of the same
     positional encoding attend to each other from the first step. Trained from scratch, the decoder
-    otherwise spends hundreds of steps on a plateau where its masks ignore where the click is.
+    otherwise sits on a long plateau where its masks ignore where the click is.
     """
 
     def __init__(self, embedding_dim: int, num_heads: int, downsample_rate: int = 1) -> None:

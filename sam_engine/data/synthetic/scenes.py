@@ -10,7 +10,7 @@ in SA-1B. Object sizes run from a few pixels to about half the image.
 Drawing works like a painter on a label map: each element paints its id where it is visible,
 over whatever lies behind it; element ids are numbered in drawing (pre-)order, so the region of an
 element together with its descendants is the id range ``[first, last)``, and occlusion needs no
-mask arithmetic. Everything is numpy on pixel windows; one scene at 256 px takes a few ms.
+mask arithmetic. Everything is numpy on pixel windows, so an element costs in proportion to its own size.
 
 Scene ``index`` of a dataset with ``seed`` depends on nothing else (see :func:`scene_rng`).
 """
