@@ -55,10 +55,10 @@ def disk_thresholds(disk_export):
 def ddp_run(tmp_path_factory, shards) -> tuple[Path, str]:
     """Four steps of two-process DDP on CPU (gloo), clipping every step: (run_dir, the command's stdout and
     stderr). The DDP test checks its outputs; the FSDP tests compare FSDP's run with it."""
-    from test_distributed import CLIP, DDP_CPU
+    from test_distributed import COMPARED, DDP_CPU
     from test_train import FAST, train
 
     engine_dir = tmp_path_factory.mktemp("ddp")
-    result = train(*FAST, *shards, *DDP_CPU, CLIP, f"engine_dir={engine_dir}")
+    result = train(*FAST, *shards, *DDP_CPU, *COMPARED, f"engine_dir={engine_dir}")
     assert result.returncode == 0, result.stderr[-3000:]
     return engine_dir / "stage1" / "train", result.stdout + result.stderr

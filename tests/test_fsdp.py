@@ -22,7 +22,7 @@ from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from lightning.pytorch import seed_everything
 from lightning.pytorch.core.optimizer import LightningOptimizer
-from test_distributed import CLIP, DDP_CPU
+from test_distributed import COMPARED, DDP_CPU
 from test_train import FAST
 from torch.distributed.fsdp import (
     FullOptimStateDictConfig,
@@ -87,7 +87,7 @@ def max_difference(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> fl
 def runs(tmp_path_factory, shards, ddp_run) -> dict[str, Path]:
     """Four steps of each strategy from the same seed, data and clipping: {"ddp": run_dir, "fsdp": run_dir}."""
     root = tmp_path_factory.mktemp("fsdp")
-    result = train(*FAST, *shards, *FSDP_CPU, CLIP, f"engine_dir={root}")
+    result = train(*FAST, *shards, *FSDP_CPU, *COMPARED, f"engine_dir={root}")
     assert result.returncode == 0, result.stderr[-3000:]
     return {"ddp": ddp_run[0], "fsdp": root / "stage1" / "train"}
 
@@ -137,7 +137,7 @@ def test_fsdp_resumes_from_its_checkpoint_as_ddp_does(runs, shards, tmp_path):
     for name, strategy in (("ddp", DDP_CPU), ("fsdp", FSDP_CPU)):
         engine_dir = tmp_path / name
         shutil.copytree(runs[name].parents[1], engine_dir)
-        result = train(*FAST, *shards, *strategy, CLIP, f"engine_dir={engine_dir}", "stage.max_steps=6",
+        result = train(*FAST, *shards, *strategy, *COMPARED, f"engine_dir={engine_dir}", "stage.max_steps=6",
                        "ckpt_path=last")
         assert result.returncode == 0, result.stderr[-3000:]
         assert "Restoring states from the checkpoint" in result.stdout + result.stderr
