@@ -25,6 +25,7 @@ from sam_engine.train.distributed import check_slurm_allocation, claim_run_dir_f
 from sam_engine.train.interactive import SimulationConfig
 from sam_engine.train.module import InteractiveSamModule
 from sam_engine.train.optim import OptimConfig
+from sam_engine.train.requeue import JobRequeued, RequeueOnSignal
 
 log = logging.getLogger(__name__)
 
@@ -104,14 +105,20 @@ def train(cfg: DictConfig) -> dict:
         every_n_train_steps=cfg.checkpoint_every_n_steps,
         enable_version_counter=False,  # a new run in the same run_dir replaces last.ckpt, never last-v1.ckpt
     )
-    trainer = instantiate(cfg.trainer, default_root_dir=str(run_dir), logger=loggers or False, callbacks=[checkpoints])
+    callbacks = [checkpoints, RequeueOnSignal()] if uses_slurm(cfg.trainer) else [checkpoints]
+    trainer = instantiate(cfg.trainer, default_root_dir=str(run_dir), logger=loggers or False, callbacks=callbacks)
 
     metrics = {"stage": cfg.stage.name, "model": module.model.config.name}
     requeued = any(run_dir.glob("hpc_ckpt_*.ckpt"))  # Lightning resumes a requeued SLURM job from it
     if cfg.validate_before_training and cfg.ckpt_path is None and not requeued:
         metrics["initial"] = val_metrics(trainer.validate(module, datamodule=datamodule, verbose=False))
-    trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
-    metrics["final"] = val_metrics(trainer.validate(module, datamodule=datamodule, verbose=False))
+    try:
+        trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
+    except JobRequeued as requeued:  # SLURM stops this job now; no export, no metrics.json until the end
+        log.info("%s", requeued)
+        return {**metrics, "requeued": requeued.checkpoint}
+    # "last": the weights training ended with (on SLURM, None would load the newest hpc_ckpt_*.ckpt)
+    metrics["final"] = val_metrics(trainer.validate(module, datamodule=datamodule, ckpt_path="last", verbose=False))
     metrics.update(steps=trainer.global_step, skipped_steps=module.skipped_steps)
 
     model = module.model
