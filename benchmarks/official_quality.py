@@ -29,6 +29,7 @@ import torch
 import yaml
 
 from sam_engine.data.synthetic.scenes import SceneSpec, generate_scene
+from sam_engine.metrics.interval import ImageMeanInterval
 from sam_engine.model.official import load_official_export
 from sam_engine.train.prompts import PADDING, farthest_from_boundary_points, largest_error_region_clicks, mask_boxes
 
@@ -93,9 +94,10 @@ def score_image(predictor, image: np.ndarray, gt: torch.Tensor, max_clicks: int)
 def mean_with_interval(per_image: list[torch.Tensor]) -> tuple[float, float]:
     """The mean over all masks and the half-width of its 95% interval, from the spread of image means."""
     values = torch.cat(per_image)
-    image_means = torch.stack([v.mean() for v in per_image])
-    half = 1.96 * float(image_means.std()) / len(per_image) ** 0.5 if len(per_image) > 1 else float("nan")
-    return float(values.mean()), half
+    interval = ImageMeanInterval()
+    image_index = torch.repeat_interleave(torch.arange(len(per_image)), torch.tensor([len(v) for v in per_image]))
+    interval.update(values, image_index)
+    return float(values.mean()), float(interval.compute())
 
 
 @torch.no_grad()

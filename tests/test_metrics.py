@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
 from sam_engine.metrics.interactive import clicks_to_reach, iou_head_mae, mask_iou, multimask_ious
+from sam_engine.metrics.interval import ImageMeanInterval
 
 
 def test_mask_iou_by_hand():
@@ -62,3 +64,18 @@ def test_iou_head_mae():
     iou_pred = torch.tensor([[0.5, 1.0], [0.0, 0.25]])
     ious = torch.tensor([[0.75, 0.5], [0.0, 0.5]])
     assert iou_head_mae(iou_pred, ious).item() == pytest.approx((0.25 + 0.5 + 0 + 0.25) / 4)
+
+
+def test_image_mean_interval_is_taken_over_image_means_in_any_batching():
+    ious = [torch.tensor([0.2, 0.4]), torch.tensor([0.9]), torch.tensor([0.5, 0.7, 0.3]), torch.tensor([0.0, 1.0])]
+    means = np.array([0.3, 0.9, 0.5, 0.5])  # one per image, however many masks it has
+    expected = 1.96 * means.std(ddof=1) / np.sqrt(len(means))
+    together, split = ImageMeanInterval(), ImageMeanInterval()
+    together.update(torch.cat(ious), torch.tensor([0, 0, 1, 2, 2, 2, 3, 3]))
+    split.update(torch.cat(ious[:2]), torch.tensor([5, 5, 2]))  # two batches; image indices per batch
+    split.update(torch.cat(ious[2:]), torch.tensor([0, 0, 0, 1, 1]))
+    assert float(together.compute()) == pytest.approx(expected, rel=1e-6)
+    assert float(split.compute()) == pytest.approx(expected, rel=1e-6)
+    one = ImageMeanInterval()
+    one.update(torch.tensor([0.5, 0.6]), torch.tensor([0, 0]))
+    assert torch.isnan(one.compute())

@@ -9,7 +9,8 @@ skips alone would hang the others); after ``max_consecutive_nonfinite`` such ste
 Validation logs ``val/miou_1pt`` (one click at the point farthest from the boundary, output chosen
 by predicted IoU) and ``val/miou_1pt_oracle`` (best of the three), ``val/miou_box``, ``val/miou_5pt``
 (clicks at the centre of the largest error region), ``val/noc90`` (clicks to reach IoU 0.9, capped at
-``eval_max_clicks``) and ``val/iou_mae`` (the IoU head's mean absolute error on the first click).
+``eval_max_clicks``), ``val/iou_mae`` (the IoU head's mean absolute error on the first click) and
+``val/miou_1pt_ci95`` (half-width of the 1-click mIoU's 95% interval over validation images).
 
 Under FSDP (``trainer=fsdp``, ``sam_engine.train.distributed.SamFSDPStrategy``) Lightning does not run
 ``training_step`` as the forward of the root FSDP module, as it otherwise would: FSDP1 allows no backward
@@ -32,6 +33,7 @@ from torchmetrics import MeanMetric
 
 from sam_engine.data.loader import Batch
 from sam_engine.metrics.interactive import clicks_to_reach
+from sam_engine.metrics.interval import ImageMeanInterval
 from sam_engine.model import Sam
 from sam_engine.train.interactive import SimulationConfig, TrainingLoss, evaluate_interactive, simulate_training
 from sam_engine.train.optim import OptimConfig, build_optimizer
@@ -92,6 +94,7 @@ class InteractiveSamModule(LightningModule):
         self.skipped_steps = 0
         model.image_encoder.set_grad_checkpointing(grad_checkpointing)
         self.val_metrics = torch.nn.ModuleDict({name: MeanMetric() for name in VAL_METRICS})
+        self.val_interval_1pt = ImageMeanInterval()
 
     def _fsdp_root(self) -> torch.nn.Module | None:
         """The root FSDP module that holds this module's weights in shards, or None (not FSDP)."""
@@ -226,3 +229,5 @@ class InteractiveSamModule(LightningModule):
         for name, value in values.items():
             self.val_metrics[name].update(value)
             self.log(f"val/{name}", self.val_metrics[name], on_step=False, on_epoch=True, prog_bar=name == "miou_1pt")
+        self.val_interval_1pt.update(values["miou_1pt"], image_index)
+        self.log("val/miou_1pt_ci95", self.val_interval_1pt, on_step=False, on_epoch=True)
