@@ -16,6 +16,7 @@ from sam_engine.engine.dashboard import (
     STEPS_FILE,
     NullDashboard,
     WandbDashboard,
+    plot_stages,
     read_offline_history,
     summary_columns,
     write_engine_summary,
@@ -94,6 +95,23 @@ def test_write_summary_round_trips(tmp_path):
         assert image.format == "PNG"
         image.load()  # decodes the whole file: not truncated
         assert min(image.size) > 100
+
+
+def test_stages_plot_puts_miou_on_0_to_1_with_intervals_and_noc90_beside_precision():
+    rows = [{**ROWS[0], "val/miou_1pt_ci95": 0.05}, ROWS[1], ROWS[2], {**ROWS[3], "val/miou_1pt_ci95": 0.02}]
+    rows[1] = {**rows[1], "val/miou_1pt_ci95": 0.04}
+    figure = plot_stages(rows)
+    miou_ax, clicks_ax, cost_ax, precision_ax, per_image_ax = figure.axes  # the panels, then their twins
+    assert miou_ax.get_ylim() == (0.0, 1.0) and precision_ax.get_ylim() == (0.0, 1.0)
+    (bars,) = miou_ax.containers  # the 1-click curve carries its interval; box and 5 clicks do not
+    assert bars.has_yerr
+    segments = bars.lines[2][0].get_segments()
+    assert [round(float(seg[1][1] - seg[0][1]), 6) for seg in segments] == [0.1, 0.08, 0.04]
+    (noc,) = [line for line in clicks_ax.lines if line.get_label().startswith("NoC90")]  # (not stage lines)
+    assert list(noc.get_xdata()) == [3] and list(noc.get_ydata()) == [2.5]
+    (precision,) = precision_ax.lines
+    assert list(precision.get_xdata()) == [2] and list(precision.get_ydata()) == [0.875]
+    assert "masks per image" in per_image_ax.get_ylabel() and "seconds" in cost_ax.get_ylabel()
 
 
 def test_write_summary_overwrites_and_leaves_no_temporary_files(tmp_path):

@@ -21,6 +21,7 @@ from sam_engine.data.records import make_record
 from sam_engine.data.shards import ShardWriter, read_manifest
 from sam_engine.engine.dashboard import read_offline_history
 from sam_engine.engine.session import run_engine
+from sam_engine.engine.steps import describe_row
 
 CONF = str(Path(__file__).resolve().parents[1] / "sam_engine" / "conf")
 
@@ -75,6 +76,7 @@ def test_engine_runs_every_step_and_writes_what_each_collected(engine_run):
         assert (run_dir / step / "done.json").is_file()
     for row in rows:
         assert 0.0 <= row["val/miou_1pt"] <= 1.0 and 1.0 <= row["val/noc90"] <= 3.0
+        assert 0.0 <= row["val/miou_1pt_ci95"] < 1.0  # over the 2 validation images
     # Stage 1: one shard per round, manual masks only, each with its clicks and seconds.
     stage1 = run_dir / "stage1" / "shards"
     assert sorted(read_manifest(stage1)["shards"]) == ["round01-000000.tar", "round02-000000.tar"]
@@ -208,3 +210,10 @@ def test_people_round_pauses_for_coco_corrections_and_imports_them(tmp_path):
         got = [a["segmentation"] for a in record["annotations"]]
         assert np.array_equal(mask_utils.decode(got), mask_utils.decode(expected))
         assert {a["source"] for a in record["annotations"]} == {"manual"}
+
+
+def test_a_finished_step_is_logged_with_its_headline_figures():
+    row = {"step": "stage3", "stage": 3, "val/miou_1pt": 0.4123, "val/miou_1pt_ci95": 0.0312, "val/noc90": 14.25,
+           "pseudo_label_precision": 0.5, "masks_per_image": 21.0, "annotator": "simulated"}
+    assert describe_row(row) == "1-click mIoU 0.412 +- 0.031 NoC90 14.2 precision@0.9 0.500 masks/image 21.0"
+    assert describe_row({"step": "seed", "stage": 0}) == "no metrics"

@@ -37,6 +37,7 @@ from sam_engine.utils.atomic_files import write_atomic
 
 METRIC_KEYS = (
     "val/miou_1pt",
+    "val/miou_1pt_ci95",
     "val/miou_box",
     "val/miou_5pt",
     "val/noc90",
@@ -75,7 +76,8 @@ def write_engine_summary(rows: list[dict], out_dir: str | Path) -> list[Path]:
     Returns:
         The paths of ``engine_summary.csv`` (one line per step, columns from :func:`summary_columns`,
         an empty cell where a step lacks a value), ``engine_summary.json`` (the rows) and ``stages.png``
-        ((a) validation mIoU per step, (b) annotation cost per step, stage boundaries marked).
+        ((a) validation mIoU, (b) NoC90 and pseudo-label precision, (c) annotation cost, per step, stage
+        boundaries marked).
     """
     _check_rows(rows)
     out_dir = Path(out_dir)
@@ -96,14 +98,16 @@ def write_engine_summary(rows: list[dict], out_dir: str | Path) -> list[Path]:
 
 
 def plot_stages(rows: list[dict]) -> Figure:
-    """A two-panel figure over the steps (x: run order, labelled by step name), stages shaded and named:
-    (a) validation mIoU after 1 click, a box and 5 clicks; (b) seconds per mask (bars, left axis) and
-    masks per image (line, right axis). A step lacking a metric has no point for it.
+    """A three-panel figure over the steps (x: run order, labelled by step name), stages shaded and named:
+    (a) validation mIoU after 1 click (with its 95% interval when rows carry ``val/miou_1pt_ci95``), a box
+    and 5 clicks, on 0..1; (b) NoC90 (left axis) and pseudo-label precision at IoU 0.9 (right axis, 0..1);
+    (c) seconds per mask (bars, left axis) and masks per image (line, right axis). A step lacking a metric
+    has no point for it.
 
     Built on :class:`matplotlib.figure.Figure` (Agg rendering, no pyplot state, no display)."""
     _check_rows(rows)
-    figure = Figure(figsize=(max(8.0, 0.6 * len(rows) + 3), 8), layout="constrained")
-    miou_ax, cost_ax = figure.subplots(2, 1, sharex=True)
+    figure = Figure(figsize=(max(8.0, 0.6 * len(rows) + 3), 11), layout="constrained")
+    miou_ax, clicks_ax, cost_ax = figure.subplots(3, 1, sharex=True)
     positions = np.arange(len(rows))
 
     def series(key: str) -> tuple[np.ndarray, np.ndarray]:
@@ -112,10 +116,30 @@ def plot_stages(rows: list[dict]) -> Figure:
 
     for key, label in _MIOU_CURVES:
         x, y = series(key)
-        if len(x):
+        if not len(x):
+            continue
+        interval = [rows[i].get(f"{key}_ci95") for i in x]
+        if all(half is not None for half in interval):
+            miou_ax.errorbar(x, y, yerr=np.array(interval, dtype=float), marker="o", capsize=3,
+                             label=f"{label} (95% interval)")
+        else:
             miou_ax.plot(x, y, marker="o", label=label)
+    miou_ax.set_ylim(0.0, 1.0)
     miou_ax.set_ylabel("validation mIoU")
     miou_ax.set_title("(a) model quality per step", pad=20)
+
+    x, y = series("val/noc90")
+    if len(x):
+        clicks_ax.plot(x, y, color="tab:red", marker="o", label="NoC90 (clicks to IoU 0.9)")
+    clicks_ax.set_ylim(bottom=0.0)
+    clicks_ax.set_ylabel("NoC90")
+    precision_ax = clicks_ax.twinx()
+    x, y = series("pseudo_label_precision")
+    if len(x):
+        precision_ax.plot(x, y, color="tab:green", marker="D", linestyle="none", label="precision@0.9")
+    precision_ax.set_ylim(0.0, 1.0)
+    precision_ax.set_ylabel("pseudo-label precision (IoU > 0.9)")
+    clicks_ax.set_title("(b) clicks to 0.9 and automatic-mask precision")
 
     x, y = series("seconds_per_mask")
     if len(x):
@@ -126,16 +150,18 @@ def plot_stages(rows: list[dict]) -> Figure:
     if len(x):
         per_image_ax.plot(x, y, color="tab:purple", marker="s", label="masks per image")
     per_image_ax.set_ylabel("masks per image")
-    cost_ax.set_title("(b) annotation cost per step")
+    cost_ax.set_title("(c) annotation cost per step")
 
     stages = [row["stage"] for row in rows]
     _mark_stages(miou_ax, stages, labelled=True)
+    _mark_stages(clicks_ax, stages, labelled=False)
     _mark_stages(cost_ax, stages, labelled=False)
     if miou_ax.lines:
         miou_ax.legend(loc="lower right", fontsize="small")
-    cost_handles = cost_ax.get_legend_handles_labels()[0] + per_image_ax.get_legend_handles_labels()[0]
-    if cost_handles:
-        cost_ax.legend(handles=cost_handles, loc="upper right", fontsize="small")
+    for left, right in ((clicks_ax, precision_ax), (cost_ax, per_image_ax)):
+        handles = left.get_legend_handles_labels()[0] + right.get_legend_handles_labels()[0]
+        if handles:
+            left.legend(handles=handles, loc="upper right", fontsize="small")
     cost_ax.set_xticks(positions, [str(row["step"]) for row in rows], rotation=45, ha="right")
     cost_ax.set_xlim(-0.5, len(rows) - 0.5)
     return figure

@@ -90,5 +90,17 @@ class Steps:
         self.directory(name).mkdir(parents=True, exist_ok=True)
         row = {"step": name, **action(self.directory(name))}
         write_json_atomic(self.directory(name) / DONE, row)
+        log.info("step %s: done: %s", name, describe_row(row))
         self.on_done(row)
         return row
+
+
+REPORTED = (("val/miou_1pt", "1-click mIoU {:.3f}"), ("val/miou_1pt_ci95", "+- {:.3f}"), ("val/miou_box", "box {:.3f}"),
+            ("val/miou_5pt", "5-click {:.3f}"), ("val/noc90", "NoC90 {:.1f}"),
+            ("pseudo_label_precision", "precision@0.9 {:.3f}"), ("masks_per_image", "masks/image {:.1f}"),
+            ("seconds_per_mask", "s/mask {:.1f}"))
+
+
+def describe_row(row: dict) -> str:
+    """A step's headline metrics in one line (those it has), for the log."""
+    return " ".join(text.format(row[key]) for key, text in REPORTED if row.get(key) is not None) or "no metrics"
