@@ -2,7 +2,8 @@
 
 Everything lands in ``run_dir`` (stable, not a timestamp, so DDP ranks and a requeued job share it):
 ``checkpoints/`` (``ckpt_path=last`` resumes), ``export/`` (``sam.pth`` + ``sam_config.json``),
-``metrics.json`` (validation metrics before and after training) and the loggers' files.
+``metrics.json`` (validation metrics before and after training), the loggers' files, and with
+``snapshot_every_minutes`` an export every that many minutes of training under ``snapshots/``.
 """
 
 from __future__ import annotations
@@ -15,17 +16,17 @@ from pathlib import Path
 from hydra.utils import instantiate
 from lightning.pytorch import seed_everything
 from lightning.pytorch.callbacks import ModelCheckpoint
-from lightning.pytorch.strategies import FSDPStrategy
 from omegaconf import DictConfig, OmegaConf
 
 from sam_engine.data.shards import MANIFEST
-from sam_engine.model import Sam, export_sam, load_model
+from sam_engine.model import Sam, load_model
 from sam_engine.model.build import load_timm_encoder
-from sam_engine.train.distributed import check_slurm_allocation, claim_run_dir_for_job, gather_full_model, uses_slurm
+from sam_engine.train.distributed import check_slurm_allocation, claim_run_dir_for_job, uses_slurm
 from sam_engine.train.interactive import SimulationConfig
 from sam_engine.train.module import InteractiveSamModule
 from sam_engine.train.optim import OptimConfig
 from sam_engine.train.requeue import JobRequeued, RequeueOnSignal
+from sam_engine.train.snapshots import ExportSnapshots, export_trained
 
 log = logging.getLogger(__name__)
 
@@ -105,7 +106,11 @@ def train(cfg: DictConfig) -> dict:
         every_n_train_steps=cfg.checkpoint_every_n_steps,
         enable_version_counter=False,  # a new run in the same run_dir replaces last.ckpt, never last-v1.ckpt
     )
-    callbacks = [checkpoints, RequeueOnSignal()] if uses_slurm(cfg.trainer) else [checkpoints]
+    callbacks = [checkpoints]
+    if uses_slurm(cfg.trainer):
+        callbacks.append(RequeueOnSignal())
+    if cfg.snapshot_every_minutes is not None:
+        callbacks.append(ExportSnapshots(run_dir / "snapshots", cfg.snapshot_every_minutes))
     trainer = instantiate(cfg.trainer, default_root_dir=str(run_dir), logger=loggers or False, callbacks=callbacks)
 
     metrics = {"stage": cfg.stage.name, "model": module.model.config.name}
@@ -121,11 +126,8 @@ def train(cfg: DictConfig) -> dict:
     metrics["final"] = val_metrics(trainer.validate(module, datamodule=datamodule, ckpt_path="last", verbose=False))
     metrics.update(steps=trainer.global_step, skipped_steps=module.skipped_steps)
 
-    model = module.model
-    if isinstance(trainer.strategy, FSDPStrategy):  # the module holds shards; every rank helps gather them
-        model = gather_full_model(trainer.strategy, module.model)
+    export_trained(trainer, module.model, run_dir / "export")
     if trainer.is_global_zero:
-        export_sam(model, run_dir / "export")
         (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
         log.info("metrics: %s", json.dumps(metrics))
         log.info("export: %s", run_dir / "export")
