@@ -19,9 +19,13 @@ PIXEL_STD = (58.395, 57.12, 57.375)
 
 
 def preprocess_shape(height: int, width: int, long_side: int) -> tuple[int, int]:
-    """Size (h, w) of an image of ``height`` x ``width`` resized so that its longest side is ``long_side``."""
+    """Size (h, w) of an image of ``height`` x ``width`` resized so that its longest side is ``long_side``.
+
+    SAM's rounding, but never below 1 pixel: a 1 x 300 strip at 128 px would otherwise be 0 pixels high
+    (where the official ``ResizeLongestSide`` fails); every other size is the official one.
+    """
     scale = long_side * 1.0 / max(height, width)
-    return int(height * scale + 0.5), int(width * scale + 0.5)
+    return max(1, int(height * scale + 0.5)), max(1, int(width * scale + 0.5))
 
 
 def resize_image(image: np.ndarray, long_side: int) -> np.ndarray:

@@ -133,3 +133,15 @@ def test_exported_tiny_model_runs_end_to_end_in_official_code(tmp_path):
     predictor.set_image(image)
     kwargs = PROMPTS["one point, multimask"]
     assert_same_outputs(predictor.predict(**kwargs), official.predict(**kwargs))
+
+
+@pytest.mark.parametrize("size", [(600, 512), (37, 1500), (1, 1), (3, 128), (128, 128)])
+def test_resize_shape_is_the_officials_and_never_zero(size):
+    from segment_anything.utils.transforms import ResizeLongestSide
+
+    from sam_engine.transforms import preprocess_shape
+
+    for long_side in (128, 256, 1024):
+        assert preprocess_shape(*size, long_side) == ResizeLongestSide.get_preprocess_shape(*size, long_side)
+    assert preprocess_shape(1, 300, 128) == (1, 128)  # the official gives 0 rows here, and fails
+    assert ResizeLongestSide.get_preprocess_shape(1, 300, 128) == (0, 128)
