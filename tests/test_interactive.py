@@ -15,11 +15,14 @@ def model():
     return build_sam("tiny").train()
 
 
-def square_masks(n: int, size: int = 256) -> torch.Tensor:
+SIZE = 128  # the tiny model's input frame
+
+
+def square_masks(n: int, size: int = SIZE) -> torch.Tensor:
     """n masks of squares of different sizes and places: N x size x size bool."""
     masks = torch.zeros(n, size, size, dtype=torch.bool)
     for i in range(n):
-        x, y, side = 10 + 23 * i, 30 + 11 * i, 24 + 8 * i
+        x, y, side = 5 + 11 * i, 15 + 5 * i, 12 + 4 * i
         masks[i, y : y + side, x : x + side] = True
     return masks
 
@@ -50,7 +53,7 @@ class DecoderSpy:
 
 
 def run(model, config, seed=0, n=6):
-    images = torch.randn(2, 3, 256, 256, generator=torch.Generator().manual_seed(100))
+    images = torch.randn(2, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(100))
     embeddings = model.encode_images(images)
     image_index = torch.tensor([0, 1] * (n // 2))
     generator = torch.Generator().manual_seed(seed)
@@ -109,8 +112,8 @@ def test_reproducible_under_a_seed(model):
 def test_masks_too_small_for_the_loss_grid_are_left_out(model):
     masks = square_masks(2)
     masks[1] = False
-    masks[1, 100, 100] = True  # one pixel: nothing at 1/4 resolution
-    embeddings = model.encode_images(torch.randn(1, 3, 256, 256))
+    masks[1, 100, 100] = True  # one pixel: nothing on the 64 x 64 loss grid
+    embeddings = model.encode_images(torch.randn(1, 3, SIZE, SIZE))
     result = simulate_training(
         model, embeddings, torch.zeros(2, dtype=torch.long), masks, SimulationConfig(), torch.Generator().manual_seed(0)
     )
@@ -118,9 +121,9 @@ def test_masks_too_small_for_the_loss_grid_are_left_out(model):
 
 
 def test_no_masks_contributes_nothing(model):
-    embeddings = model.encode_images(torch.randn(1, 3, 256, 256))
+    embeddings = model.encode_images(torch.randn(1, 3, SIZE, SIZE))
     result = simulate_training(
-        model, embeddings, torch.zeros(0, dtype=torch.long), torch.zeros(0, 256, 256, dtype=torch.bool),
+        model, embeddings, torch.zeros(0, dtype=torch.long), torch.zeros(0, SIZE, SIZE, dtype=torch.bool),
         SimulationConfig(), torch.Generator().manual_seed(0),
     )
     assert int(result.num_masks) == 0 and float(result.total) == 0.0

@@ -24,14 +24,14 @@ def test_variant_sizes():
     assert 2e6 < params["tiny"] < 8e6  # a few million: the CPU default
     assert 90e6 < params["vit_b"] < 95e6  # SAM ViT-B: 93.7M
     tiny = load_variant("tiny")
-    assert (tiny.img_size, tiny.embedding_size, tiny.low_res_size) == (256, 16, 64)
+    assert (tiny.img_size, tiny.embedding_size, tiny.low_res_size) == (128, 16, 64)
 
 
 def test_forward_shapes_tiny():
     model = build_sam("tiny")
-    embeddings = model.encode_images(model.preprocess(torch.rand(2, 3, 256, 192) * 255))
+    embeddings = model.encode_images(model.preprocess(torch.rand(2, 3, 128, 96) * 255))
     assert embeddings.shape == (2, 128, 16, 16)
-    points = (torch.rand(5, 2, 2) * 256, torch.ones(5, 2, dtype=torch.int))
+    points = (torch.rand(5, 2, 2) * 128, torch.ones(5, 2, dtype=torch.int))
     logits, iou = model.predict_masks(embeddings[:1], points=points, multimask_output=True)
     assert logits.shape == (5, 3, 64, 64) and iou.shape == (5, 3)
     # One embedding per prompt works too (training decodes many images' masks at once).
@@ -88,7 +88,7 @@ def test_checkpoint_of_another_variant_is_recognised(tmp_path):
     assert "does not fit model 'vit_b'" in message
     assert "embed_dim 192, depth 6 (variant tiny)" in message
     assert "missing keys: image_encoder.blocks.10." in message
-    assert "image_encoder.patch_embed.proj.weight: checkpoint (192, 3, 16, 16) vs model (768, 3, 16, 16)" in message
+    assert "image_encoder.patch_embed.proj.weight: checkpoint (192, 3, 8, 8) vs model (768, 3, 16, 16)" in message
 
 
 def test_unreadable_and_wrapped_checkpoints(tmp_path):
@@ -119,7 +119,7 @@ def timm_encoder(img_size: int):
 
     torch.manual_seed(3)
     encoder = VisionTransformerSAM(
-        img_size=img_size, embed_dim=192, depth=6, num_heads=3, window_size=8, global_attn_indexes=(2, 5),
+        img_size=img_size, patch_size=8, embed_dim=192, depth=6, num_heads=3, window_size=8, global_attn_indexes=(2, 5),
         use_rel_pos=True, neck_chans=128, num_classes=0, global_pool="",
         norm_layer=partial(torch.nn.LayerNorm, eps=1e-6),
     )
@@ -134,12 +134,12 @@ def test_timm_encoder_weights_load_exactly(tmp_path):
 
     from sam_engine.model.build import load_timm_encoder
 
-    encoder = timm_encoder(256)
+    encoder = timm_encoder(128)
     assert any(".mlp.fc1." in key for key in encoder.state_dict())
     save_file({k: v.contiguous() for k, v in encoder.state_dict().items()}, tmp_path / "model.safetensors")
     model = build_sam("tiny")
     load_timm_encoder(model, tmp_path / "model.safetensors")
-    image = torch.randn(1, 3, 256, 256)
+    image = torch.randn(1, 3, 128, 128)
     with torch.no_grad():
         torch.testing.assert_close(model.image_encoder(image), encoder.forward_features(image))
 
@@ -147,7 +147,7 @@ def test_timm_encoder_weights_load_exactly(tmp_path):
 def test_timm_encoder_weights_of_another_size_are_resampled(tmp_path):
     from sam_engine.model.build import load_timm_encoder
 
-    encoder = timm_encoder(512)  # 32x32 grid, global rel-pos tables of 63
+    encoder = timm_encoder(256)  # 32x32 grid, global rel-pos tables of 63
     torch.save(encoder.state_dict(), tmp_path / "encoder.pth")
     model = build_sam("tiny")  # 16x16 grid
     load_timm_encoder(model, tmp_path / "encoder.pth")
@@ -302,14 +302,14 @@ def test_batch_chunk_fills_the_cpu_budget_and_gives_a_gpu_the_batch():
     assert batch_chunk(torch.device("cuda"), CPU_CHUNK_BYTES, 64) == 64
 
 
-@pytest.mark.parametrize("input_size, original_size", [((256, 256), (256, 256)), ((256, 171), (256, 171)),
-                                                       ((256, 171), (600, 400))])
+@pytest.mark.parametrize("input_size, original_size", [((128, 128), (128, 128)), ((128, 85), (128, 85)),
+                                                       ((128, 85), (600, 400))])
 def test_postprocess_equals_sams_two_interpolations(input_size, original_size):
     import torch.nn.functional as F
 
     model = build_sam("tiny")
     low_res = torch.randn(2, 3, 64, 64) * 10
-    expected = F.interpolate(low_res, (256, 256), mode="bilinear", align_corners=False)
+    expected = F.interpolate(low_res, (128, 128), mode="bilinear", align_corners=False)
     expected = expected[..., : input_size[0], : input_size[1]]
     expected = F.interpolate(expected, original_size, mode="bilinear", align_corners=False)
     got = model.postprocess_masks(low_res, input_size, original_size)

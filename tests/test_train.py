@@ -31,7 +31,7 @@ def train(*overrides: str, cwd=None) -> subprocess.CompletedProcess:
 
 def test_train_writes_checkpoint_export_metrics_and_resumes(tmp_path, shards):
     engine = tmp_path / "engine"
-    result = train(*FAST, *shards, f"engine_dir={engine}")
+    result = train(*FAST, *shards, f"engine_dir={engine}", "snapshot_every_minutes=0.0001")  # (every step)
     assert result.returncode == 0, result.stderr[-3000:]
     run_dir = engine / "stage1" / "train"
     assert (run_dir / "checkpoints" / "last.ckpt").is_file()
@@ -41,13 +41,21 @@ def test_train_writes_checkpoint_export_metrics_and_resumes(tmp_path, shards):
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["stage"] == "assisted_manual" and metrics["steps"] == 4 and metrics["skipped_steps"] == 0
     for phase in ("initial", "final"):
-        assert set(metrics[phase]) == {f"val/{k}" for k in
-                                       ("miou_1pt", "miou_1pt_oracle", "miou_box", "miou_5pt", "noc90", "iou_mae")}
+        assert set(metrics[phase]) == {f"val/{k}" for k in ("miou_1pt", "miou_1pt_oracle", "miou_1pt_ci95",
+                                                            "miou_box", "miou_5pt", "noc90", "iou_mae")}
         assert 0.0 <= metrics[phase]["val/miou_1pt"] <= metrics[phase]["val/miou_1pt_oracle"] <= 1.0
+        assert 0.0 <= metrics[phase]["val/miou_1pt_ci95"] < 1.0
         assert 1.0 <= metrics[phase]["val/noc90"] <= 3.0
     # The export holds the trained weights, not the initial ones.
     assert not torch.equal(model.state_dict()["mask_decoder.iou_token.weight"],
                            build_sam("tiny").state_dict()["mask_decoder.iou_token.weight"])
+
+    # A snapshot after every step: the weights of that step, the last one equal to the export's.
+    infos = [json.loads(p.read_text()) for p in sorted((run_dir / "snapshots").glob("*/snapshot.json"))]
+    assert sorted(info["step"] for info in infos) == [1, 2, 3, 4]
+    last = max((run_dir / "snapshots").iterdir(), key=lambda d: json.loads((d / "snapshot.json").read_text())["step"])
+    assert torch.equal(load_export(last).state_dict()["mask_decoder.iou_token.weight"],
+                       model.state_dict()["mask_decoder.iou_token.weight"])
 
     resumed = train(*FAST, *shards, f"engine_dir={engine}", "stage.max_steps=6", "ckpt_path=last")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
@@ -59,10 +67,10 @@ def test_train_writes_checkpoint_export_metrics_and_resumes(tmp_path, shards):
 
 @pytest.mark.slow
 def test_stage_one_learns_from_scratch_on_cpu(tmp_path):
-    """Stage 1's default config (fresh tiny model, synthetic data) with the engine's seed-training schedule
-    (conf/engine.yaml ``seed_training``: 320 steps of one decoder pass), what ``make demo`` trains first:
-    ~3 min here. The full default (400 steps, the last 50 with 11 passes, 32 validation images up to 20
-    clicks) takes 7 min on a 2-core CPU, too long for the suite; ``python -m sam_engine.train stage=1`` runs it."""
+    """Stage 1's default config (fresh tiny model, synthetic data) on a shorter schedule (320 steps of one
+    decoder pass, two thirds of the engine's seed training): ~2 min here. The full default (600
+    steps, the last 80 with 11 passes, 32 validation images up to 20 clicks) takes 6-7 min on a 2-core
+    CPU, too long for the suite; ``python -m sam_engine.train stage=1`` runs it."""
     import os
 
     env = {**os.environ, "SAM_ENGINE_DATA": str(tmp_path / "data")}
@@ -76,9 +84,10 @@ def test_stage_one_learns_from_scratch_on_cpu(tmp_path):
     metrics = json.loads((tmp_path / "engine" / "stage1" / "train" / "metrics.json").read_text())
     before, after = metrics["initial"], metrics["final"]
     assert metrics["steps"] == 320 and metrics["skipped_steps"] == 0
-    assert after["val/miou_1pt"] > max(0.1, 4 * before["val/miou_1pt"]), metrics
-    assert after["val/miou_1pt_oracle"] > 4 * before["val/miou_1pt_oracle"], metrics
-    assert after["val/miou_box"] > 0.1, metrics  # the single-output token leaves the empty-mask plateau too
+    # Seed 0 reached 1-click 0.235 (oracle 0.336) and box 0.265 here, from about 0.02 (docs/performance.md).
+    assert after["val/miou_1pt"] > max(0.15, 4 * before["val/miou_1pt"]), metrics
+    assert after["val/miou_1pt_oracle"] > max(0.2, 4 * before["val/miou_1pt_oracle"]), metrics
+    assert after["val/miou_box"] > 0.15, metrics  # the single-output token leaves the empty-mask plateau too
     print(json.dumps(metrics))  # shown with -rP: the figures of this machine
 
 
@@ -147,7 +156,7 @@ def test_non_finite_losses_skip_steps_then_stop(monkeypatch, synthetic_shards):
     before = {k: v.clone() for k, v in model.state_dict().items()}
     module = InteractiveSamModule(model, max_consecutive_nonfinite=3)
     assert module.model.training and all(m.training for m in module.model.modules())
-    data = SamDataModule(synthetic_shards["train"], img_size=256, batch_size=1, num_workers=0, steps_per_epoch=10,
+    data = SamDataModule(synthetic_shards["train"], img_size=128, batch_size=1, num_workers=0, steps_per_epoch=10,
                          max_masks_per_image=2)
     trainer = pl.Trainer(accelerator="cpu", max_steps=10, logger=False, enable_checkpointing=False,
                          enable_progress_bar=False, enable_model_summary=False)
@@ -170,7 +179,7 @@ def test_prompt_warmup_steps_decode_the_initial_prompt_only(monkeypatch, synthet
 
     monkeypatch.setattr(module_code, "simulate_training", recording)
     module = InteractiveSamModule(build_sam("tiny"), prompt_warmup_steps=2)
-    data = SamDataModule(synthetic_shards["train"], img_size=256, batch_size=1, num_workers=0, steps_per_epoch=4,
+    data = SamDataModule(synthetic_shards["train"], img_size=128, batch_size=1, num_workers=0, steps_per_epoch=4,
                          max_masks_per_image=2)
     trainer = pl.Trainer(accelerator="cpu", max_steps=4, logger=False, enable_checkpointing=False,
                          enable_progress_bar=False, enable_model_summary=False)

@@ -35,7 +35,7 @@ class FixedBatches(pl.LightningDataModule):
 
     def train_dataloader(self):
         dataset = make_dataset(
-            self.shard_dir, img_size=256, batch_size=self.images // self.trainer.world_size, resample=False,
+            self.shard_dir, img_size=128, batch_size=self.images // self.trainer.world_size, resample=False,
             shuffle_buffer=0, max_masks_per_image=4, rank=self.trainer.global_rank, world_size=self.trainer.world_size,
         )
         return DataLoader(dataset, batch_size=None)
