@@ -1,6 +1,6 @@
 """Time a training step with SAM's 11 simulated rounds against a single round, on the same batch.
 
-    python benchmarks/train_step.py                          # tiny at 256 px and vit_b at 1024 px, CPU
+    python benchmarks/train_step.py                          # tiny at 128 px and vit_b at 1024 px, CPU
     python benchmarks/train_step.py --variants tiny --device cuda --precision bf16
 
 For each variant: one batch of synthetic scenes with ``--masks`` masks in all; a step is encoder

@@ -119,9 +119,9 @@ def train(cfg: DictConfig) -> dict:
         metrics["initial"] = val_metrics(trainer.validate(module, datamodule=datamodule, verbose=False))
     try:
         trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
-    except JobRequeued as requeued:  # SLURM stops this job now; no export, no metrics.json until the end
-        log.info("%s", requeued)
-        return {**metrics, "requeued": requeued.checkpoint}
+    except JobRequeued as stop:  # SLURM ends this job now; no export, no metrics.json until the run's end
+        log.info("%s", stop)
+        return {**metrics, "requeued": stop.checkpoint}
     # "last": the weights training ended with (on SLURM, None would load the newest hpc_ckpt_*.ckpt)
     metrics["final"] = val_metrics(trainer.validate(module, datamodule=datamodule, ckpt_path="last", verbose=False))
     metrics.update(steps=trainer.global_step, skipped_steps=module.skipped_steps)
