@@ -6,7 +6,7 @@
 One run of ``python -m sam_engine.train stage=1`` with the default recipe stretched to ``--minutes``
 of training (the same learning rate, warm-up and click schedule as fractions of the run: the steps
 are sized from a short timing of this machine, ``--steps-per-minute`` overrides it), exporting the
-model every ``--every`` minutes (``snapshot_every_minutes``). Each snapshot is then scored through the
+model every ``--every`` minutes (``snapshot_every_minutes``) and at the end. Each is then scored through the
 official ``segment_anything`` predictor on scenes no training saw (``official_quality.py``): 1-click,
 box and 5-click mIoU with 95% intervals, and NoC90. ``--json`` writes the rows.
 """
@@ -19,19 +19,24 @@ import os
 import subprocess
 import sys
 import time
+from importlib import resources
 from pathlib import Path
 
+import yaml
 from official_quality import evaluate
 
-DEFAULT_STEPS, DEFAULT_PROMPT_WARMUP, DEFAULT_MILESTONE = 400, 350, 380
-"""The default stage-1 schedule (sam_engine/conf/stage/assisted_manual.yaml), stretched to the budget."""
+from sam_engine.train.snapshots import SNAPSHOT_INFO
+
+STAGE_ONE = yaml.safe_load((resources.files("sam_engine.conf") / "stage" / "assisted_manual.yaml").read_text())
+"""The default stage-1 schedule (max_steps, prompt_warmup_steps, milestones), stretched to the budget."""
 
 
 def train_command(run_dir: Path, steps: int, every: float, minutes: float, overrides: list[str]) -> list[str]:
     """``sam_engine.train`` for ``steps`` steps (the default schedule's proportions), stopped at ``minutes``."""
-    scale = steps / DEFAULT_STEPS
-    schedule = [f"stage.max_steps={steps}", f"stage.prompt_warmup_steps={round(DEFAULT_PROMPT_WARMUP * scale)}",
-                f"stage.milestones=[{round(DEFAULT_MILESTONE * scale)}]"]
+    scale = steps / STAGE_ONE["max_steps"]
+    milestones = ",".join(str(round(m * scale)) for m in STAGE_ONE["milestones"])
+    warmup = round(STAGE_ONE["prompt_warmup_steps"] * scale)
+    schedule = [f"stage.max_steps={steps}", f"stage.prompt_warmup_steps={warmup}", f"stage.milestones=[{milestones}]"]
     limit = f"+trainer.max_time=00:00:{int(minutes):02d}:{round(60 * (minutes % 1)):02d}"
     return [sys.executable, "-m", "sam_engine.train", "stage=1", f"run_dir={run_dir}", *schedule,
             f"snapshot_every_minutes={every}", "validate_before_training=false", "+trainer.enable_progress_bar=false",
@@ -39,11 +44,12 @@ def train_command(run_dir: Path, steps: int, every: float, minutes: float, overr
 
 
 def measure_steps_per_minute(run_dir: Path, overrides: list[str]) -> float:
-    """Steps per minute of the recipe on this machine, from a 1-minute run (its first 10 steps excluded)."""
-    command = train_command(run_dir, 100_000, 1.0, 1.0, overrides) + ["stage.warmup_steps=1", "data.steps_per_epoch=100000"]
+    """Steps per minute of the recipe on this machine, from a 1-minute run without validation."""
+    command = train_command(run_dir, 100_000, 0.25, 1.0, overrides) + ["data.steps_per_epoch=100000"]
     subprocess.run(command, check=True, capture_output=True)
-    info = json.loads((run_dir / "snapshots" / "1min" / "snapshot.json").read_text())
-    return info["step"] / info["minutes"]
+    infos = [json.loads(p.read_text()) for p in (run_dir / "snapshots").glob(f"*/{SNAPSHOT_INFO}")]
+    latest = max(infos, key=lambda info: info["minutes"])
+    return latest["step"] / latest["minutes"]
 
 
 def main() -> None:
@@ -62,17 +68,19 @@ def main() -> None:
     os.environ.setdefault("OMP_NUM_THREADS", str(os.cpu_count()))
 
     rate = args.steps_per_minute or measure_steps_per_minute(out / "timing", args.overrides)
-    steps = max(DEFAULT_STEPS, round(rate * args.minutes))
+    steps = max(STAGE_ONE["max_steps"], round(rate * args.minutes))
     started = time.monotonic()
     subprocess.run(train_command(out / "train", steps, args.every, args.minutes, args.overrides), check=True)
     print(f"trained {time.monotonic() - started:.0f} s (budget {args.minutes:g} min, {steps} steps planned at "
           f"{rate:.1f} steps/min)", flush=True)
 
+    points = [(json.loads((d / SNAPSHOT_INFO).read_text()), d) for d in (out / "train" / "snapshots").iterdir()
+              if (d / SNAPSHOT_INFO).is_file()]
+    final = json.loads((out / "train" / "metrics.json").read_text())  # the run's end: its export
+    points.append(({"minutes": args.minutes, "step": final["steps"]}, out / "train" / "export"))
     rows = []
-    snapshots = [d for d in (out / "train" / "snapshots").iterdir() if (d / "snapshot.json").is_file()]
-    for snapshot in sorted(snapshots, key=lambda d: json.loads((d / "snapshot.json").read_text())["minutes"]):
-        info = json.loads((snapshot / "snapshot.json").read_text())
-        row = {**info, **evaluate(str(snapshot), args.images, args.seed, args.max_clicks)}
+    for info, export in sorted(points, key=lambda point: point[0]["step"]):
+        row = {**info, **evaluate(str(export), args.images, args.seed, args.max_clicks)}
         rows.append(row)
         print(f"{row['minutes']:6.1f} min  step {row['step']:5d} | 1-click {row['miou_1pt']:.3f} +- "
               f"{row['miou_1pt_ci95']:.3f} | box {row['miou_box']:.3f} +- {row['miou_box_ci95']:.3f} | 5-click "
