@@ -9,6 +9,10 @@ are sized from a short timing of this machine, ``--steps-per-minute`` overrides 
 model every ``--every`` minutes (``snapshot_every_minutes``) and at the end. Each is then scored through the
 official ``segment_anything`` predictor on scenes no training saw (``official_quality.py``): 1-click,
 box and 5-click mIoU with 95% intervals, and NoC90. ``--json`` writes the rows.
+
+The schedule's one-pass prompt warm-up covers most of the run, so the snapshots before its 11-pass end
+were never trained on corrective clicks: their 5-click column measures a model that has not yet
+learned to read its previous mask.
 """
 
 from __future__ import annotations
@@ -39,13 +43,13 @@ def train_command(run_dir: Path, steps: int, every: float, minutes: float, overr
     schedule = [f"stage.max_steps={steps}", f"stage.prompt_warmup_steps={warmup}", f"stage.milestones=[{milestones}]"]
     limit = f"+trainer.max_time=00:00:{int(minutes):02d}:{round(60 * (minutes % 1)):02d}"
     return [sys.executable, "-m", "sam_engine.train", "stage=1", f"run_dir={run_dir}", *schedule,
-            f"snapshot_every_minutes={every}", "validate_before_training=false", "+trainer.enable_progress_bar=false",
-            limit, *overrides]
+            f"snapshot_every_minutes={every}", "validate_before_training=false", f"data.steps_per_epoch={steps}",
+            "+trainer.enable_progress_bar=false", limit, *overrides]  # (one epoch: no validation costs minutes)
 
 
 def measure_steps_per_minute(run_dir: Path, overrides: list[str]) -> float:
     """Steps per minute of the recipe on this machine, from a 1-minute run without validation."""
-    command = train_command(run_dir, 100_000, 0.25, 1.0, overrides) + ["data.steps_per_epoch=100000"]
+    command = train_command(run_dir, 100_000, 0.25, 1.0, overrides)
     subprocess.run(command, check=True, capture_output=True)
     infos = [json.loads(p.read_text()) for p in (run_dir / "snapshots").glob(f"*/{SNAPSHOT_INFO}")]
     latest = max(infos, key=lambda info: info["minutes"])
@@ -74,12 +78,13 @@ def main() -> None:
     print(f"trained {time.monotonic() - started:.0f} s (budget {args.minutes:g} min, {steps} steps planned at "
           f"{rate:.1f} steps/min)", flush=True)
 
-    points = [(json.loads((d / SNAPSHOT_INFO).read_text()), d) for d in (out / "train" / "snapshots").iterdir()
-              if (d / SNAPSHOT_INFO).is_file()]
+    snapshots = [(json.loads((d / SNAPSHOT_INFO).read_text()), d) for d in (out / "train" / "snapshots").iterdir()
+                 if (d / SNAPSHOT_INFO).is_file()]
     final = json.loads((out / "train" / "metrics.json").read_text())  # the run's end: its export
-    points.append(({"minutes": args.minutes, "step": final["steps"]}, out / "train" / "export"))
+    points = {info["step"]: (info, export) for info, export in snapshots}
+    points[final["steps"]] = ({"minutes": args.minutes, "step": final["steps"]}, out / "train" / "export")
     rows = []
-    for info, export in sorted(points, key=lambda point: point[0]["step"]):
+    for _, (info, export) in sorted(points.items()):
         row = {**info, **evaluate(str(export), args.images, args.seed, args.max_clicks)}
         rows.append(row)
         print(f"{row['minutes']:6.1f} min  step {row['step']:5d} | 1-click {row['miou_1pt']:.3f} +- "

@@ -31,10 +31,14 @@ def train(*overrides: str, cwd=None) -> subprocess.CompletedProcess:
 
 def test_train_writes_checkpoint_export_metrics_and_resumes(tmp_path, shards):
     engine = tmp_path / "engine"
-    result = train(*FAST, *shards, f"engine_dir={engine}", "snapshot_every_minutes=0.0001")  # (every step)
+    ends_between_saves = [o for o in FAST if not o.startswith(("checkpoint_every", "data.steps_per_epoch"))]
+    ends_between_saves += ["checkpoint_every_n_steps=3", "data.steps_per_epoch=3"]  # saves at step 3, ends at 4
+    every_step = "snapshot_every_minutes=0.0001"
+    result = train(*ends_between_saves, *shards, f"engine_dir={engine}", every_step)
     assert result.returncode == 0, result.stderr[-3000:]
     run_dir = engine / "stage1" / "train"
-    assert (run_dir / "checkpoints" / "last.ckpt").is_file()
+    final_state = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    assert final_state["global_step"] == 4  # saved at the end, not only every 3 steps
     assert (run_dir / "logs" / "metrics.csv").is_file()
     model = load_export(run_dir / "export")
     assert model.config.name == "tiny"

@@ -122,8 +122,13 @@ def train(cfg: DictConfig) -> dict:
     except JobRequeued as stop:  # SLURM ends this job now; no export, no metrics.json until the run's end
         log.info("%s", stop)
         return {**metrics, "requeued": stop.checkpoint}
-    # "last": the weights training ended with (on SLURM, None would load the newest hpc_ckpt_*.ckpt)
-    metrics["final"] = val_metrics(trainer.validate(module, datamodule=datamodule, ckpt_path="last", verbose=False))
+    # The state training ended with, saved also when it stopped between two periodic saves (a time limit, or
+    # max_steps off the interval): last.ckpt resumes from it, and the final validation and the export read it
+    # (without a path, a validation on SLURM would load the newest hpc_ckpt_*.ckpt instead).
+    final_state = run_dir / "checkpoints" / "last.ckpt"
+    trainer.save_checkpoint(final_state)
+    metrics["final"] = val_metrics(
+        trainer.validate(module, datamodule=datamodule, ckpt_path=str(final_state), verbose=False))
     metrics.update(steps=trainer.global_step, skipped_steps=module.skipped_steps)
 
     export_trained(trainer, module.model, run_dir / "export")
