@@ -217,3 +217,16 @@ def test_a_finished_step_is_logged_with_its_headline_figures():
            "pseudo_label_precision": 0.5, "masks_per_image": 21.0, "annotator": "simulated"}
     assert describe_row(row) == "1-click mIoU 0.412 +- 0.031 NoC90 14.2 precision@0.9 0.500 masks/image 21.0"
     assert describe_row({"step": "seed", "stage": 0}) == "no metrics"
+
+
+def test_full_profile_has_sams_round_counts_and_sets_of_its_own(monkeypatch):
+    monkeypatch.setenv("SAM_ENGINE_DATA", "/data")
+    with initialize_config_dir(config_dir=CONF, version_base=None):
+        demo = compose(config_name="engine")
+        full = compose(config_name="engine", overrides=["profile=full"])
+    assert (demo.stage1.rounds, demo.stage2.rounds) == (3, 2)
+    assert (full.stage1.rounds, full.stage2.rounds) == (6, 5)  # SAM: 6 and 5 retrainings
+    assert full.seed_training.max_steps >= 5 * demo.seed_training.max_steps
+    assert full.data.root == "/data/engine_full" and demo.data.root == "/data/engine"  # never the demo's sets
+    assert all(entry.out_dir.startswith("/data/engine_full/") for entry in full.data.synthetic)
+    assert full.stage3.amg.pred_iou_thresh == demo.stage3.amg.pred_iou_thresh  # the rest is the demo's
