@@ -78,6 +78,24 @@ def test_eleven_passes_with_the_previous_mask_as_prompt(model):
     assert all(not c["multimask"] for c in spy.calls)
 
 
+def test_a_noisy_ground_truth_mask_can_be_the_first_prompt(model):
+    """SAM's training sometimes gives a mask as the first prompt (``mask_prompt_probability``)."""
+    with DecoderSpy(model) as spy:
+        run(model, SimulationConfig(box_probability=1.0, mask_prompt_probability=1.0))
+    prompt = spy.calls[0]["masks"]  # n x 1 x L x L logits, beside the box
+    low_res = model.config.low_res_size
+    assert prompt is not None and prompt.shape == (6, 1, low_res, low_res)
+    truth = torch.nn.functional.interpolate(square_masks(6)[:, None].float(), size=low_res, mode="area")[:, 0] >= 0.5
+    shown = prompt[:, 0] > 0
+    iou = (shown & truth).flatten(1).sum(1) / (shown | truth).flatten(1).sum(1)
+    assert (iou > 0.4).all() and (iou < 0.95).all()  # the mask, its boundary corrupted (squares of 6-16 px)
+    near = torch.nn.functional.max_pool2d(truth[:, None].float(), kernel_size=7, stride=1, padding=3)[:, 0] > 0
+    assert not (shown & ~near).any()  # nothing more than 3 px away from the mask
+    with DecoderSpy(model) as spy:
+        run(model, SimulationConfig(box_probability=1.0, mask_prompt_probability=0.0))
+    assert spy.calls[0]["masks"] is None
+
+
 def test_point_started_masks_use_three_outputs_only_for_the_single_point(model):
     with DecoderSpy(model) as spy:
         run(model, SimulationConfig(box_probability=0.0))

@@ -127,15 +127,20 @@ def downsample_masks(masks: torch.Tensor, size: int) -> torch.Tensor:
 
 
 def noisy_mask_prompt(targets: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """A corrupted version of each mask as low-res logits: blurred, noised and re-thresholded softly.
+    """A corrupted version of each mask as low-res logits: blurred, its boundary noised, re-thresholded softly.
+
+    The noise is confined to the blurred boundary band (``4 b (1 - b)``, 0 where the 5 x 5 blur is 0 or 1),
+    so the prompt's interior and the image far from the mask stay as they are: independent noise on
+    every pixel would speckle the whole image and bury a small mask.
 
     Arguments:
         targets: n x L x L bool.
     Returns:
-        n x 1 x L x L float logits (about +-10 far from the boundary, noisy near it).
+        n x 1 x L x L float logits (+-10 away from the boundary, noisy within about 2 px of it).
     """
     blurred = F.avg_pool2d(targets[:, None].float(), kernel_size=5, stride=1, padding=2)
-    noise = 0.3 * torch.randn(blurred.shape, generator=generator, device=blurred.device)
+    band = 4.0 * blurred * (1.0 - blurred)
+    noise = 0.5 * band * torch.randn(blurred.shape, generator=generator, device=blurred.device)
     return 20.0 * (blurred + noise - 0.5)
 
 
