@@ -510,3 +510,55 @@ def test_hydra_configs_instantiate_the_datamodule(tmp_path, monkeypatch):
     assert datamodule.sources["train"] == f"{tmp_path}/synthetic/train"
     assert [spec["out_dir"] for spec in datamodule.synthetic] == [f"{tmp_path}/synthetic/{s}" for s in ("train", "val")]
     assert datamodule.synthetic[1]["num_images"] > 0 and datamodule.reading["max_masks_per_image"] == 8
+
+
+def _bright_square_sample(size: int = 32) -> tuple[dict, np.ndarray]:
+    """A black image with four white squares, each also a mask: the image shows where its masks are."""
+    masks = np.zeros((4, size, size), bool)
+    for i, (y, x) in enumerate([(2, 2), (2, 20), (20, 2), (20, 20)]):
+        masks[i, y : y + 8, x : x + 8] = True
+    pixels = np.repeat((masks.any(0) * 255).astype(np.uint8)[..., None], 3, axis=2)
+    record = make_record("jit", size, size, "jit.png", make_annotations(masks))
+    return {"__url__": "u", "__key__": "jit", "png": encode_image(pixels), "json": json.dumps(record).encode()}, masks
+
+
+def test_large_scale_jitter_crops_image_and_masks_alike_and_drops_masks_left_outside():
+    sample, _ = _bright_square_sample()
+    decoder = SampleDecoder(32, scale_range=(2.0, 2.0))  # 64 x 64, then a random 32 x 32 window
+    seen = set()
+    for seed in range(6):
+        example = decoder(sample, np.random.default_rng(seed))
+        assert example.input_size == (32, 32) and example.image.shape == (3, 32, 32)
+        bright = example.image[0] > 0  # normalised white > 0 > normalised black
+        assert 1 <= len(example.masks) <= 4  # every kept mask shows in the window; the others are dropped
+        assert all(m.any() for m in example.masks)
+        assert torch.equal(torch.stack(list(example.masks)).any(0), bright)  # the same window of both
+        seen.add(int(bright.sum()))
+    assert len(seen) > 1  # the window moves with the sample's generator
+    again = decoder(sample, np.random.default_rng(0))
+    assert torch.equal(again.image, decoder(sample, np.random.default_rng(0)).image)
+
+
+def test_large_scale_jitter_down_leaves_a_padded_smaller_image():
+    sample, masks = _bright_square_sample()
+    example = SampleDecoder(32, scale_range=(0.5, 0.5))(sample, np.random.default_rng(0))
+    assert example.input_size == (16, 16) and example.masks.shape == (4, 16, 16)
+    assert (example.masks.flatten(1).sum(1) == 16).all()  # 8 x 8 squares at half the size
+    assert (example.image[:, 16:, :] == 0).all() and (example.image[:, :, 16:] == 0).all()  # padding
+    assert SampleDecoder(32)(sample, np.random.default_rng(0)).input_size == (32, 32)  # no jitter: as stored
+
+
+@pytest.mark.parametrize("bad", [(0.0, 1.0), (2.0, 1.0), (-1.0, 0.5)])
+def test_large_scale_jitter_refuses_a_bad_range(bad):
+    with pytest.raises(ValueError, match="scale_jitter"):
+        SampleDecoder(32, scale_range=bad)
+
+
+def test_the_datamodule_jitters_training_images_only(tmp_path):
+    write_shard_set(tmp_path / "s", [3])
+    module = SamDataModule(str(tmp_path / "s"), str(tmp_path / "s"), img_size=32, batch_size=3, num_workers=0,
+                           steps_per_epoch=1, scale_jitter=[0.25, 0.25], shuffle_buffer=0)
+    module.setup("fit")
+    [train] = list(module.train_dataloader())
+    [val] = list(module.val_dataloader())
+    assert (train.input_size <= 8).all() and (val.input_size > 8).any()

@@ -28,6 +28,8 @@ class SamDataModule(LightningDataModule):
         num_workers: DataLoader workers per rank (persistent).
         steps_per_epoch: training batches per rank and epoch.
         max_masks_per_image, max_mask_fraction, min_image_side: which masks and images are used.
+        scale_jitter: (low, high) large-scale jitter of the training images (``SampleDecoder.scale_range``);
+            validation is never jittered. None: no jitter.
         shuffle_buffer: training samples are shuffled through a buffer this large.
         seed: seeds shard draws, shuffling and mask sampling.
         max_bad_fraction, min_seen: bad-sample tolerance per worker (see ``make_dataset``).
@@ -50,6 +52,7 @@ class SamDataModule(LightningDataModule):
         max_masks_per_image: int = 64,
         max_mask_fraction: float = 0.9,
         min_image_side: int = 8,
+        scale_jitter: Sequence[float] | None = None,
         shuffle_buffer: int = 256,
         seed: int = 0,
         max_bad_fraction: float = 0.01,
@@ -68,6 +71,7 @@ class SamDataModule(LightningDataModule):
         self.steps_per_epoch = steps_per_epoch
         self.shuffle_buffer = shuffle_buffer
         self.pin_memory = pin_memory
+        self.scale_jitter = None if scale_jitter is None else tuple(scale_jitter)
         self.reading = dict(
             img_size=img_size,
             max_masks_per_image=max_masks_per_image,
@@ -104,6 +108,7 @@ class SamDataModule(LightningDataModule):
                 self.sources["train"],
                 batch_size=self.batch_size,
                 resample=True,
+                scale_range=self.scale_jitter,
                 steps_per_epoch=self.steps_per_epoch,
                 shuffle_buffer=self.shuffle_buffer,
                 **self.reading,

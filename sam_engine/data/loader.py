@@ -337,12 +337,23 @@ class SampleDecoder:
         max_masks_per_image: at most this many masks are sampled per image (SAM used 64).
         max_mask_fraction: masks covering more than this fraction of the image are dropped.
         min_image_side: images with a side shorter than this are bad samples.
+        scale_range: (low, high) for SAM's large-scale jitter (SAM: 0.1, 2.0): the resized image and
+            its masks are scaled again by a factor drawn uniformly from the range, then a random
+            S x S window is cropped where they exceed the frame (masks left empty are dropped) and the
+            rest padded. None: no jitter (validation).
     """
 
     img_size: int
     max_masks_per_image: int = 64
     max_mask_fraction: float = 0.9
     min_image_side: int = 8
+    scale_range: tuple[float, float] | None = None
+
+    def __post_init__(self) -> None:
+        if self.scale_range is not None:
+            low, high = self.scale_range
+            if not 0 < low <= high:
+                raise ValueError(f"scale_jitter must be [low, high] with 0 < low <= high, got {list(self.scale_range)}")
 
     def __call__(self, sample: dict, rng: np.random.Generator) -> Example:
         where = f"{sample['__url__']}:{sample['__key__']}"
@@ -358,18 +369,28 @@ class SampleDecoder:
                 f"min_image_side={self.min_image_side}"
             )
         resized = preprocess_shape(*original, self.img_size)
-        image = self._image(_image_bytes(sample, where), where, original, resized)
+        if self.scale_range is not None:
+            factor = rng.uniform(*self.scale_range)
+            resized = (max(1, round(resized[0] * factor)), max(1, round(resized[1] * factor)))
+        pixels = self._pixels(_image_bytes(sample, where), where, original, resized)
         try:
             segmentations = self._choose_masks(record["annotations"], original, rng)
             masks = _masks_in_frame(segmentations, original, resized)
         except ValueError as exc:  # pycocotools: "Invalid RLE mask representation"
             raise SampleError(f"{where}: annotations[].segmentation: {exc}") from exc
+        if max(resized) > self.img_size:  # (jitter only) a random window of the frame's size
+            top, left = (int(rng.integers(0, max(0, side - self.img_size) + 1)) for side in resized)
+            window = (slice(top, top + self.img_size), slice(left, left + self.img_size))
+            pixels, masks = pixels[:, window[0], window[1]], masks[:, window[0], window[1]]
+            masks = masks[masks.reshape(len(masks), -1).amax(dim=1) > 0]
+            resized = tuple(pixels.shape[1:])
+        image = normalize_and_pad(pixels[None], self.img_size, _MEAN, _STD)[0]
         return Example(
             image=image, masks=masks, original_size=original, input_size=resized, key=sample["__key__"]
         )
 
-    def _image(self, data: bytes, where: str, original: tuple[int, int], resized: tuple[int, int]):
-        """3 x S x S float32: decoded, resized longest-side (PIL bilinear), normalised, padded."""
+    def _pixels(self, data: bytes, where: str, original: tuple[int, int], resized: tuple[int, int]):
+        """3 x h x w uint8: decoded, resized to (h, w) = ``resized`` (PIL bilinear)."""
         try:
             image, full_size = open_image(data, source=where, draft_size=resized)
         except ImageDecodeError as exc:
@@ -382,8 +403,7 @@ class SampleDecoder:
         h, w = resized
         if image.size != (w, h):
             image = image.resize((w, h), Image.BILINEAR)
-        pixels = torch.from_numpy(np.array(image)).permute(2, 0, 1)
-        return normalize_and_pad(pixels[None], self.img_size, _MEAN, _STD)[0]
+        return torch.from_numpy(np.array(image)).permute(2, 0, 1)
 
     def _choose_masks(
         self, annotations: list[dict], original: tuple[int, int], rng: np.random.Generator
@@ -558,6 +578,7 @@ def make_dataset(
     max_masks_per_image: int = 64,
     max_mask_fraction: float = 0.9,
     min_image_side: int = 8,
+    scale_range: Sequence[float] | None = None,
     resample: bool = False,
     steps_per_epoch: int | None = None,
     shuffle_buffer: int = 0,
@@ -573,7 +594,7 @@ def make_dataset(
         source: a shard directory, brace pattern, URL or a list of these (see ``list_shards``).
         img_size: S, the model's square input size.
         batch_size: examples per batch (the last batch of a finite pass may be smaller).
-        max_masks_per_image, max_mask_fraction, min_image_side: see :class:`SampleDecoder`.
+        max_masks_per_image, max_mask_fraction, min_image_side, scale_range: see :class:`SampleDecoder`.
         resample: True for training: shards drawn with replacement forever, ``steps_per_epoch``
             batches per rank per epoch. False for a finite, deterministic pass (validation).
         steps_per_epoch: batches per rank and epoch when resampling.
@@ -589,7 +610,8 @@ def make_dataset(
     rank, world_size = _distributed_defaults(rank, world_size)
     return ShardDataset(
         urls,
-        decoder=SampleDecoder(img_size, max_masks_per_image, max_mask_fraction, min_image_side),
+        decoder=SampleDecoder(img_size, max_masks_per_image, max_mask_fraction, min_image_side,
+                              None if scale_range is None else tuple(scale_range)),
         batch_size=batch_size,
         resample=resample,
         steps_per_epoch=steps_per_epoch,
