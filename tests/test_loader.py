@@ -548,7 +548,7 @@ def test_large_scale_jitter_down_leaves_a_padded_smaller_image():
     assert SampleDecoder(32)(sample, np.random.default_rng(0)).input_size == (32, 32)  # no jitter: as stored
 
 
-@pytest.mark.parametrize("bad", [(0.0, 1.0), (2.0, 1.0), (-1.0, 0.5)])
+@pytest.mark.parametrize("bad", [(0.0, 1.0), (2.0, 1.0), (-1.0, 0.5), 0.5, ("a", 1.0), (0.5, 1.0, 2.0)])
 def test_large_scale_jitter_refuses_a_bad_range(bad):
     with pytest.raises(ValueError, match="scale_jitter"):
         SampleDecoder(32, scale_range=bad)

@@ -71,7 +71,7 @@ class SamDataModule(LightningDataModule):
         self.steps_per_epoch = steps_per_epoch
         self.shuffle_buffer = shuffle_buffer
         self.pin_memory = pin_memory
-        self.scale_jitter = None if scale_jitter is None else tuple(scale_jitter)
+        self.scale_jitter = scale_jitter
         self.reading = dict(
             img_size=img_size,
             max_masks_per_image=max_masks_per_image,

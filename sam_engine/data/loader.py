@@ -347,13 +347,19 @@ class SampleDecoder:
     max_masks_per_image: int = 64
     max_mask_fraction: float = 0.9
     min_image_side: int = 8
-    scale_range: tuple[float, float] | None = None
+    scale_range: Sequence[float] | None = None
 
     def __post_init__(self) -> None:
-        if self.scale_range is not None:
-            low, high = self.scale_range
-            if not 0 < low <= high:
-                raise ValueError(f"scale_jitter must be [low, high] with 0 < low <= high, got {list(self.scale_range)}")
+        if self.scale_range is None:
+            return
+        problem = f"scale_jitter must be [low, high] with 0 < low <= high, got {self.scale_range!r}"
+        try:
+            low, high = (float(value) for value in self.scale_range)
+        except (TypeError, ValueError) as exc:
+            raise ValueError(problem) from exc
+        if not 0 < low <= high:
+            raise ValueError(problem)
+        object.__setattr__(self, "scale_range", (low, high))  # a tuple of floats, whatever the config gave
 
     def __call__(self, sample: dict, rng: np.random.Generator) -> Example:
         where = f"{sample['__url__']}:{sample['__key__']}"
@@ -610,8 +616,7 @@ def make_dataset(
     rank, world_size = _distributed_defaults(rank, world_size)
     return ShardDataset(
         urls,
-        decoder=SampleDecoder(img_size, max_masks_per_image, max_mask_fraction, min_image_side,
-                              None if scale_range is None else tuple(scale_range)),
+        decoder=SampleDecoder(img_size, max_masks_per_image, max_mask_fraction, min_image_side, scale_range),
         batch_size=batch_size,
         resample=resample,
         steps_per_epoch=steps_per_epoch,
