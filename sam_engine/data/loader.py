@@ -305,6 +305,12 @@ def _image_bytes(sample: dict, where: str) -> bytes:
     raise SampleError(f"{where}: image: missing (expected one of {IMAGE_KEYS})")
 
 
+def _non_empty(masks: torch.Tensor) -> torch.Tensor:
+    """M x ... masks (bool or uint8, any strides) -> M bool, whether each has a pixel set (amax: vectorised,
+    unlike any() on bool)."""
+    return masks.reshape(len(masks), -1).amax(dim=1) > 0
+
+
 def _masks_in_frame(segmentations: list[dict], original: tuple[int, int], resized: tuple[int, int]):
     """Decode RLEs and resize them (nearest, as PIL) from (H, W) to the resized frame (h, w).
 
@@ -324,8 +330,7 @@ def _masks_in_frame(segmentations: list[dict], original: tuple[int, int], resize
         columns = torch.from_numpy(decoded).transpose(1, 2)
         chunks.append(F.interpolate(columns.view(torch.uint8)[:, None], size=(w, h), mode="nearest-exact"))
     columns = torch.cat(chunks)[:, 0] if chunks else torch.zeros((0, w, h), dtype=torch.uint8)
-    visible = columns.flatten(1).amax(dim=1) > 0  # amax: vectorised, unlike any() on bool
-    return columns[visible].view(torch.bool).transpose(1, 2)
+    return columns[_non_empty(columns)].view(torch.bool).transpose(1, 2)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -388,7 +393,7 @@ class SampleDecoder:
             top, left = (int(rng.integers(0, max(0, side - self.img_size) + 1)) for side in resized)
             window = (slice(top, top + self.img_size), slice(left, left + self.img_size))
             pixels, masks = pixels[:, window[0], window[1]], masks[:, window[0], window[1]]
-            masks = masks[masks.reshape(len(masks), -1).amax(dim=1) > 0]
+            masks = masks[_non_empty(masks)]
             resized = tuple(pixels.shape[1:])
         image = normalize_and_pad(pixels[None], self.img_size, _MEAN, _STD)[0]
         return Example(
