@@ -562,3 +562,12 @@ def test_the_datamodule_jitters_training_images_only(tmp_path):
     [train] = list(module.train_dataloader())
     [val] = list(module.val_dataloader())
     assert (train.input_size <= 8).all() and (val.input_size > 8).any()
+
+
+@pytest.mark.parametrize("scale_range", [None, (2.0, 2.0), (0.5, 0.5)])
+def test_an_image_with_no_masks_decodes_resized_and_jittered(scale_range):
+    pixels = np.zeros((64, 64, 3), np.uint8)
+    record = make_record("none", 64, 64, "none.png", [])
+    sample = {"__url__": "u", "__key__": "none", "png": encode_image(pixels), "json": json.dumps(record).encode()}
+    example = SampleDecoder(32, scale_range=scale_range)(sample, np.random.default_rng(0))  # 64 -> 32: resized
+    assert example.masks.shape[0] == 0 and example.image.shape == (3, 32, 32)

@@ -308,7 +308,7 @@ def _image_bytes(sample: dict, where: str) -> bytes:
 def _non_empty(masks: torch.Tensor) -> torch.Tensor:
     """M x ... masks (bool or uint8, any strides) -> M bool, whether each has a pixel set (amax: vectorised,
     unlike any() on bool)."""
-    return masks.reshape(len(masks), -1).amax(dim=1) > 0
+    return masks.flatten(1).amax(dim=1) > 0
 
 
 def _masks_in_frame(segmentations: list[dict], original: tuple[int, int], resized: tuple[int, int]):
