@@ -57,6 +57,8 @@ from sam_engine.utils.visualize import overlay_masks, save_png
 log = logging.getLogger(__name__)
 
 ANNOTATOR_KINDS = ("simulated", "people")
+ENGINE_GROUPS = ("model", "trainer")
+"""The train config's groups that the engine config holds itself: every training of a run uses them."""
 CORRECTED = "corrected.json"
 """People's corrected COCO export of a round, under the round's directory."""
 
@@ -137,7 +139,7 @@ class DataEngine:
 
     def seed_step(self, directory: Path) -> dict:
         seed = self.cfg.seed_training
-        metrics = self.train(directory / "train", SEED_STEP, None, seed.max_steps, seed.prompt_warmup_steps,
+        metrics = self.train(directory / "train", SEED_STEP, seed.init, seed.max_steps, seed.prompt_warmup_steps,
                              seed.milestones)
         return {"stage": SEED_STEP, "round": 0, **metrics}
 
@@ -247,13 +249,14 @@ class DataEngine:
         save_png(overlay, self.run_dir / name / "overlay.png")
         self.overlay(name, [overlay])
 
-    def train_config(self, run_dir: Path, stage: int, init: Path | None, steps: int, prompt_warmup_steps: int,
-                     milestones) -> DictConfig:
-        """The ``train`` config of one training of the engine."""
+    def train_config(self, run_dir: Path, stage: int, init: Path | str | None, steps: int,
+                     prompt_warmup_steps: int, milestones) -> DictConfig:
+        """The ``train`` config of one training of the engine: its ``model`` and ``trainer`` are the engine's
+        (group choice and overrides alike), taken unresolved so that their references resolve in it."""
         cfg = self.cfg
         overrides = [
             f"stage={stage_of(max(stage, 1)).config}",  # the seed trains as stage 1 does
-            f"model={cfg.model}", f"trainer={cfg.trainer}", "logger=csv",
+            "logger=csv",
             f"seed={cfg.seed}", f"engine_dir={_quoted(self.run_dir)}", f"run_dir={_quoted(run_dir)}",
             f"init={_quoted(init)}", f"stage.max_steps={steps}", f"prompt_warmup_steps={prompt_warmup_steps}",
             f"stage.milestones=[{','.join(str(m) for m in milestones)}]",
@@ -263,7 +266,15 @@ class DataEngine:
         overrides.append("stage.collected=[]" if stage == SEED_STEP else f"optim.lr={cfg.retrain_lr}")
         if (run_dir / "checkpoints" / "last.ckpt").is_file():  # a killed training: resume it
             overrides.append("ckpt_path=last")
-        return compose(config_name="train", overrides=overrides + list(cfg.train_overrides))
+        for override in cfg.train_overrides:
+            if override.lstrip("+~").split(".")[0].split("=")[0] in ENGINE_GROUPS:
+                raise ValueError(f"train_overrides: {override!r}: the engine's own {', '.join(ENGINE_GROUPS)} "
+                                 "apply to every training; set them on its command line (model.depth=..., "
+                                 "trainer.devices=...)")
+        train_cfg = compose(config_name="train", overrides=overrides + list(cfg.train_overrides))
+        for group in ENGINE_GROUPS:
+            train_cfg[group] = OmegaConf.create(OmegaConf.to_container(cfg[group], resolve=False))
+        return train_cfg
 
     def train(self, run_dir: Path, stage: int, init: Path | None, steps: int, prompt_warmup_steps: int,
               milestones) -> dict:

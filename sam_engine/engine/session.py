@@ -8,7 +8,7 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from sam_engine.engine.dashboard import NullDashboard, WandbDashboard, write_engine_summary
-from sam_engine.engine.run import DataEngine
+from sam_engine.engine.run import ENGINE_GROUPS, DataEngine
 from sam_engine.engine.steps import EnginePaused, Steps, record_run_config
 from sam_engine.stages import FINAL_STEP, SEED_STEP, STAGES
 
@@ -27,8 +27,10 @@ def run_engine(cfg: DictConfig, stages: tuple[int, ...] = ALL_STEPS) -> list[dic
     """
     run_dir = Path(cfg.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    config = {key: OmegaConf.to_container(cfg[key], resolve=True) if OmegaConf.is_config(cfg[key]) else cfg[key]
-              for key in cfg if key != "stage"}  # stage=N says which steps run, not how
+    config = {key: OmegaConf.to_container(cfg[key], resolve=key not in ENGINE_GROUPS)
+              if OmegaConf.is_config(cfg[key]) else cfg[key]
+              for key in cfg if key != "stage"}  # stage=N says which steps run, not how; the groups' references
+    # (trainer.max_steps: ${stage.max_steps}) resolve in each training's config
     record_run_config(run_dir, {key: value for key, value in config.items() if key not in UNCLAIMED_KEYS})
     if cfg.logger.wandb:
         dashboard = WandbDashboard(cfg.logger.project, group=run_dir.resolve().name, run_dir=run_dir,
