@@ -5,15 +5,19 @@ from __future__ import annotations
 import copy
 import json
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 from pycocotools.coco import COCO
+from pycocotools.cocoeval import COCOeval
 from shard_helpers import encode_image, random_masks
 
 from sam_engine.annotate.coco_bridge import export_coco, import_coco_corrections
 from sam_engine.data.importers.base import REPORT_FILE
+from sam_engine.data.importers.coco import import_coco
 from sam_engine.data.importers.sa1b import iter_sa1b
 from sam_engine.data.records import decode_masks, make_annotations, make_record
 from sam_engine.data.shards import ShardWriter, list_shards
@@ -134,6 +138,51 @@ def test_export_filters_annotations_by_source(pool, tmp_path):
     assert [a["predicted_iou"] for a in per_image["img0"]] == [0.8, 0.9]
     with pytest.raises(ValueError, match="robot"):
         export_coco(pool["dir"], tmp_path / "other", sources=("robot",))
+
+
+def _coco_eval_stats(ground_truth: Path, detections: list[dict]) -> np.ndarray:
+    coco = COCO(str(ground_truth))
+    evaluation = COCOeval(coco, coco.loadRes(detections), iouType="segm")
+    evaluation.evaluate()
+    evaluation.accumulate()
+    evaluation.summarize()
+    return evaluation.stats
+
+
+@pytest.mark.parametrize("evaluation", [True, False])
+def test_the_evaluation_export_is_ground_truth_for_cocoeval(pool, tmp_path, evaluation):
+    path = export_coco(pool["dir"], tmp_path, evaluation=evaluation)
+    dataset = json.loads(path.read_text())
+    assert {a["iscrowd"] for a in dataset["annotations"]} == {0 if evaluation else 1}
+    detections = [{"image_id": a["image_id"], "category_id": a["category_id"], "segmentation": a["segmentation"],
+                   "score": 1.0} for a in dataset["annotations"]]  # the same masks as predictions
+    stats = _coco_eval_stats(path, detections)
+    if evaluation:
+        assert stats[0] == pytest.approx(1.0) and stats[1] == pytest.approx(1.0)  # AP, AP@0.5
+    else:
+        assert stats[0] == -1  # crowd regions only: COCOeval has no object to score (why evaluation=True exists)
+
+
+@pytest.mark.parametrize("evaluation", [True, False])
+def test_the_coco_importer_takes_every_mask_of_our_exports_as_an_object(pool, tmp_path, evaluation):
+    path = export_coco(pool["dir"], tmp_path / "export", evaluation=evaluation)
+    report = import_coco(path, path.parent / "images", tmp_path / "shards")  # crowd=exclude, the default
+    assert report.skipped == [] and report.skipped_annotations == []
+    imported = {record["image"]["file_name"]: record for _, record in read_output(tmp_path / "shards").values()}
+    for image in json.loads(path.read_text())["images"]:
+        record = imported[image["file_name"]]
+        assert np.array_equal(record_masks(record), pool["masks"][image["sam_engine_key"]])
+        assert {a["iscrowd"] for a in record["annotations"]} == {0}
+
+
+def test_the_export_command_writes_ground_truth_and_refuses_a_bad_flag(pool, tmp_path):
+    command = [sys.executable, "-m", "sam_engine.annotate", f"shards={pool['dir']}", f"out_dir={tmp_path / 'gt'}"]
+    done = subprocess.run([*command, "evaluation=true", "sources=manual"], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    dataset = json.loads((tmp_path / "gt" / "annotations.json").read_text())
+    assert {(a["iscrowd"], a["source"]) for a in dataset["annotations"]} == {(0, "manual")}
+    refused = subprocess.run([*command, "evaluation=yes"], capture_output=True, text=True, timeout=120)
+    assert refused.returncode != 0 and "evaluation='yes': expected true or false" in refused.stderr
 
 
 # --- import -----------------------------------------------------------------------------------

@@ -18,13 +18,16 @@ annotation (``predicted_iou``, ``stability_score``, ``point_coords``, ``crop_box
 renamed, so a killed export leaves the previous file or none, never half of one. Samples and annotations
 that cannot be exported are skipped, logged and listed in ``info.sam_engine_export.skipped``.
 
-**iscrowd is 1 on every exported annotation.** COCO stores an object as polygons with ``iscrowd: 0`` and
+**iscrowd: 1 for people, 0 for evaluation.** COCO stores an object as polygons with ``iscrowd: 0`` and
 RLE with ``iscrowd: 1``; tools follow that convention. CVAT's importer keeps an RLE annotation as a mask
 (its ``is_crowd`` attribute set) and its exporter writes ``is_crowd`` masks back as RLE, whereas a
-non-crowd object is written as polygons, which do not reproduce a mask pixel for pixel. With
-``iscrowd: 1`` an untouched mask comes back exactly. The flag means nothing here beyond the encoding:
-the import reads every annotation whatever its ``iscrowd`` (but COCOeval would treat such masks as
-crowd regions, so do not evaluate against the exported file).
+non-crowd object is written as polygons, which do not reproduce a mask pixel for pixel. So the export
+for people (the default) sets ``iscrowd: 1``: an untouched mask comes back exactly. COCOeval, though,
+treats crowd regions as "ignore" areas, so a file meant as ground truth for evaluation
+(``evaluation=True``) sets ``iscrowd: 0`` on the same RLE masks, which COCOeval and pycocotools read as
+objects (AP 1.0 against themselves). Either way the flag means nothing here beyond the encoding: the
+file says it is ours (``info.sam_engine_export``), and both this module's import and the COCO importer
+(:mod:`sam_engine.data.importers.coco`) read every annotation of such a file as an object.
 
 **Import.** A corrected file's images are matched to the pool's samples by ``sam_engine_key`` when the
 entry has one (CVAT drops unknown fields), else by file name (the exported name, the record's file name
@@ -127,7 +130,8 @@ def _export_name(sample: Sample, used: set[str]) -> str | None:
     return None
 
 
-def _coco_annotations(sample: Sample, image_id: int, first_id: int, sources, skip: Skip) -> list[dict]:
+def _coco_annotations(sample: Sample, image_id: int, first_id: int, sources, iscrowd: int,
+                      skip: Skip) -> list[dict]:
     """The COCO annotations of a sample's SA-1B annotations whose ``source`` is in ``sources`` (all if None).
 
     An annotation whose RLE does not cover the image is passed to ``skip`` and left out.
@@ -154,7 +158,7 @@ def _coco_annotations(sample: Sample, image_id: int, first_id: int, sources, ski
             "segmentation": annotation["segmentation"],
             "area": areas[i],
             "bbox": boxes[i],
-            "iscrowd": 1,  # RLE: see the module docstring
+            "iscrowd": iscrowd,  # see the module docstring
             ANNOTATION_ID_FIELD: annotation["id"],
             **{k: v for k, v in annotation.items() if k not in _COCO_FIELDS},
         }
@@ -163,7 +167,11 @@ def _coco_annotations(sample: Sample, image_id: int, first_id: int, sources, ski
 
 
 def export_coco(
-    shards: str | Path | Sequence[str | Path], out_dir: str | Path, *, sources: tuple[str, ...] | None = None
+    shards: str | Path | Sequence[str | Path],
+    out_dir: str | Path,
+    *,
+    sources: tuple[str, ...] | None = None,
+    evaluation: bool = False,
 ) -> Path:
     """Export the samples of shards as a COCO instances file and its image folder (see the module docstring).
 
@@ -173,6 +181,8 @@ def export_coco(
         sources: export only annotations whose provenance ``source`` is one of these (e.g. ``("auto",)``
             for the model's pre-filled masks); an annotation without ``source`` then is left out. None:
             all. Every image is exported, with no annotation if none passes.
+        evaluation: ``iscrowd: 0`` (ground truth for COCOeval) instead of ``iscrowd: 1`` (masks that come
+            back exactly from CVAT); see the module docstring.
     Returns:
         The path of ``annotations.json``.
     Raises:
@@ -196,7 +206,7 @@ def export_coco(
             continue
         image = sample.record["image"]
         image_id = len(images) + 1
-        annotations += _coco_annotations(sample, image_id, len(annotations) + 1, sources, skip)
+        annotations += _coco_annotations(sample, image_id, len(annotations) + 1, sources, int(not evaluation), skip)
         write_bytes_atomic(out_dir / IMAGES_DIR / name, sample.data)
         images.append(
             {
@@ -214,6 +224,7 @@ def export_coco(
         "sam_engine_export": {
             "shards": [str(s) for s in shards] if is_list else str(shards),
             "sources": None if sources is None else list(sources),
+            "iscrowd": int(not evaluation),  # the encoding's flag, not a crowd: every mask is one object
             "images": len(images),
             "annotations": len(annotations),
             "skipped": skipped,

@@ -5,7 +5,9 @@
 Masks are exactly what ``pycocotools.coco.COCO.annToMask`` gives: polygons through ``frPyObjects``
 and ``merge``, uncompressed RLE through ``frPyObjects``, compressed RLE as is. Crowd regions
 (``iscrowd: 1``, a group of objects under one mask) are left out by default, as SAM's data has no
-such masks; ``crowd="include"`` keeps them with ``iscrowd: 1``. Each annotation carries COCO's
+such masks; ``crowd="include"`` keeps them with ``iscrowd: 1``. A file sam_engine exported
+(``info.sam_engine_export``, :mod:`sam_engine.annotate.coco_bridge`) sets ``iscrowd`` only to name its
+masks' encoding: every annotation of it is imported as an object (``iscrowd: 0``). Each annotation carries COCO's
 ``id``, ``category_id`` and ``iscrowd``; the record's ``image_id`` and ``file_name`` are COCO's; the
 sample key is the file name's path without extension (``000000397133``).
 
@@ -140,6 +142,7 @@ def coco_annotations(
     width: int,
     *,
     include_crowd: bool,
+    crowd_is_encoding: bool = False,
     where: str,
     drop: Callable[[str, str, str], None],
 ) -> list[dict]:
@@ -149,13 +152,15 @@ def coco_annotations(
         annotations: the image's COCO annotation dicts.
         height, width: the image size from the COCO JSON.
         include_crowd: keep ``iscrowd: 1`` annotations.
+        crowd_is_encoding: the file is sam_engine's export, whose ``iscrowd`` names the encoding only: keep
+            every annotation, as an object.
         where: names the image in messages.
         drop: called as ``drop(source, kind, reason)`` for each annotation left out.
     """
     kept, rles = [], []
     for annotation in annotations:
         source = f"{where}: annotation {annotation.get('id')!r}"
-        if annotation.get("iscrowd", 0) and not include_crowd:
+        if annotation.get("iscrowd", 0) and not (include_crowd or crowd_is_encoding):
             drop(source, "crowd_excluded", f"{source}: iscrowd=1 (crowd=exclude)")
             continue
         try:
@@ -174,7 +179,7 @@ def coco_annotations(
     result = make_annotations(masks[nonempty], provenance={"source": "seed"})
     for out, annotation in zip(result, kept, strict=True):
         out["id"] = annotation.get("id", out["id"])
-        out["iscrowd"] = int(bool(annotation.get("iscrowd", 0)))
+        out["iscrowd"] = 0 if crowd_is_encoding else int(bool(annotation.get("iscrowd", 0)))
         if "category_id" in annotation:
             out["category_id"] = annotation["category_id"]
     return result
@@ -207,6 +212,7 @@ def import_coco(
     if crowd not in CROWD_CHOICES:
         raise ValueError(f"crowd must be one of {CROWD_CHOICES}, got {crowd!r}")
     dataset = load_coco_json(annotations)
+    ours = isinstance(dataset.get("info"), dict) and "sam_engine_export" in dataset["info"]
     images = Path(images)
     by_image = defaultdict(list)
     for annotation in dataset["annotations"]:
@@ -223,7 +229,7 @@ def import_coco(
             known.add(image.id)
             path = images / image.file_name
             with sink.guard(str(path)):
-                _import_image(sink, path, image, by_image.get(image.id, []), crowd == "include", max_pixels)
+                _import_image(sink, path, image, by_image.get(image.id, []), crowd == "include", ours, max_pixels)
         for image_id in by_image.keys() - known:
             for annotation in by_image[image_id]:
                 label = annotation.get("id") if isinstance(annotation, dict) else annotation
@@ -235,7 +241,8 @@ def import_coco(
 
 
 def _import_image(
-    sink: ImportSink, path: Path, entry: CocoImage, annotations: list, include_crowd: bool, max_pixels: int
+    sink: ImportSink, path: Path, entry: CocoImage, annotations: list, include_crowd: bool,
+    crowd_is_encoding: bool, max_pixels: int,
 ) -> None:
     """Decode one COCO image, convert its annotations and write the sample (runs inside ``sink.guard``)."""
     key = key_from_path(entry.file_name)
@@ -252,6 +259,7 @@ def _import_image(
         entry.height,
         entry.width,
         include_crowd=include_crowd,
+        crowd_is_encoding=crowd_is_encoding,
         where=str(path),
         drop=sink.report.skip_annotation,
     )

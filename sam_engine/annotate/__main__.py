@@ -1,0 +1,27 @@
+"""``python -m sam_engine.annotate`` (``sam-export``): shards -> COCO instances + images (``conf/export.yaml``).
+
+    sam-export shards=outputs/engine/stage3/shards out_dir=to_people sources=[auto]
+    sam-export shards=shards/val out_dir=val_coco evaluation=true     # ground truth for COCOeval
+"""
+
+from __future__ import annotations
+
+from omegaconf import DictConfig
+
+from sam_engine.annotate.coco_bridge import export_coco
+from sam_engine.cli import run_command
+
+
+def export(cfg: DictConfig) -> None:
+    if not isinstance(cfg.evaluation, bool):
+        raise ValueError(f"evaluation={cfg.evaluation!r}: expected true or false")
+    sources = (cfg.sources,) if isinstance(cfg.sources, str) else None if cfg.sources is None else tuple(cfg.sources)
+    print(export_coco(cfg.shards, cfg.out_dir, sources=sources, evaluation=cfg.evaluation))
+
+
+def main() -> None:
+    run_command(export, "export")
+
+
+if __name__ == "__main__":
+    main()
