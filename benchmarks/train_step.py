@@ -73,12 +73,13 @@ def main() -> None:
     device = torch.device(args.device)
     print(f"device {device} ({torch.get_num_threads()} threads), {args.precision}, {args.images} image(s), "
           f"median of {args.runs} step(s) after a warm-up")
-    print(f"{'variant':8} {'input':>9} {'masks':>6} {'11 rounds (s)':>14} {'1 round (s)':>12} {'ratio':>6} "
-          f"{'prompt sampling (ms)':>21}")
+    print(f"{'variant':8} {'input':>9} {'masks':>6} {'11 rounds (s)':>14} {'images/s':>9} {'1 round (s)':>12} "
+          f"{'ratio':>6} {'prompt sampling (ms)':>21}")
     for variant in args.variants:
         r = bench(variant, args, device)
-        print(f"{r['variant']:8} {r['size']:>4}x{r['size']:<4} {r['masks']:>6} {r['eleven']:>14.2f} {r['one']:>12.2f} "
-              f"{r['eleven'] / r['one']:>6.2f} {1000 * r['prompts']:>21.1f}")
+        print(f"{r['variant']:8} {r['size']:>4}x{r['size']:<4} {r['masks']:>6} {r['eleven']:>14.3f} "
+              f"{args.images / r['eleven']:>9.2f} {r['one']:>12.3f} {r['eleven'] / r['one']:>6.2f} "
+              f"{1000 * r['prompts']:>21.1f}", flush=True)
 
 
 if __name__ == "__main__":
