@@ -185,6 +185,56 @@ def test_the_export_command_writes_ground_truth_and_refuses_a_bad_flag(pool, tmp
     assert refused.returncode != 0 and "evaluation='yes': expected true or false" in refused.stderr
 
 
+def _with_categories(exported: Path, out: Path) -> tuple[Path, list]:
+    """The export as another tool's file with two named categories: iscrowd 0, no sam_engine info; the
+    annotations' ids cycle through none, 3 (cat), 7 (dog); the last one's id is not an integer."""
+    dataset = json.loads(exported.read_text())
+    del dataset["info"]
+    dataset["categories"] = [{"id": 3, "name": "cat"}, {"id": 7, "name": "dog"}]
+    expected = []
+    for i, annotation in enumerate(dataset["annotations"]):
+        annotation["iscrowd"] = 0
+        annotation.pop("category_id")
+        category = [None, 3, 7][i % 3] if i < len(dataset["annotations"]) - 1 else "x"
+        if category is not None:
+            annotation["category_id"] = category
+        expected.append(category)
+    return write_json(out, dataset), expected
+
+
+def _categories_by_file_name(shards: Path) -> dict[str, list]:
+    return {record["image"]["file_name"]: [(a.get("category_id"), a.get("category_name"))
+                                           for a in record["annotations"]]
+            for _, record in read_output(shards).values()}
+
+
+def test_category_ids_travel_through_import_shards_export_and_corrections(pool, exported, tmp_path):
+    names = {None: None, 3: "cat", 7: "dog"}
+    path, categories = _with_categories(exported, tmp_path / "tool.json")
+    report = import_coco(path, exported.parent / "images", tmp_path / "shards")
+    assert [s.kind for s in report.skipped_annotations] == ["bad_category"]  # "x", named with its file
+    reason = report.skipped_annotations[0].reason
+    assert re.search(r"images/a_b.jpg: annotation \d+: category_id is not an integer: 'x'", reason), reason
+    imported = _categories_by_file_name(tmp_path / "shards")
+    assert [c for cs in imported.values() for c in cs] == [(c, names[c]) for c in categories[:-1]]
+
+    again = export_coco(tmp_path / "shards", tmp_path / "again", evaluation=True)
+    dataset = json.loads(again.read_text())
+    assert [(c["id"], c["name"]) for c in dataset["categories"]] == [(1, "object"), (3, "cat"), (7, "dog")]
+    assert [a["category_id"] for a in dataset["annotations"]] == [c or 1 for c in categories[:-1]]
+    assert "category_name" not in dataset["annotations"][1]  # COCO names categories in one place
+    import_coco(again, again.parent / "images", tmp_path / "shards_again")
+    assert _categories_by_file_name(tmp_path / "shards_again") == {
+        name: [(c or 1, names[c] or "object") for c, _ in cs] for name, cs in imported.items()
+    }
+
+    report = import_coco_corrections(path, pool["dir"], tmp_path / "corrected", stage=2)
+    assert report["skipped_annotations_by_kind"] == {"bad_category": 1}
+    corrected = [(a.get("category_id"), a.get("category_name"))
+                 for _, record in read_output(tmp_path / "corrected").values() for a in record["annotations"]]
+    assert sorted(corrected, key=str) == sorted([(c, names[c]) for c in categories[:-1]], key=str)
+
+
 # --- import -----------------------------------------------------------------------------------
 
 

@@ -11,7 +11,8 @@ record's ``image.file_name`` (directories dropped, characters other than letters
 replaced by ``_``), or ``<key>.<ext>`` when that name is taken or its extension is not the image's.
 Each ``images[i]`` entry (``id`` 1, 2, ...) carries the sample key (``sam_engine_key``) and the
 record's ``image_id`` (``sam_engine_image_id``). Each annotation has COCO's fields (``id`` unique in the
-file, ``category_id`` 1 of the single category ``object``, ``segmentation`` the record's compressed RLE,
+file, ``category_id`` the annotation's own or 1, SA-1B's single category ``object``; ``categories`` lists
+every id used, named as the shards name them, ``category_name``), ``segmentation`` the record's compressed RLE,
 ``area`` and ``bbox`` as pycocotools computes them) and, beside them, every other field of the SA-1B
 annotation (``predicted_iou``, ``stability_score``, ``point_coords``, ``crop_box``, provenance ``source``,
 ``stage``...) with its SA-1B ``id`` as ``sam_engine_id``. The JSON is written to a temporary file and
@@ -36,6 +37,7 @@ Masks may be polygons, uncompressed or compressed RLE (read as ``COCO.annToRLE``
 :func:`sam_engine.data.importers.coco.coco_rle`). Each matched image is written to the output shards (atomic
 shards and manifest) with the pool's image bytes and a record of its corrected masks, ``source="manual"``,
 ``stage=stage``, ``predicted_iou``/``stability_score`` from the file when present (else 1.0, a human mask).
+Each mask keeps its ``category_id`` (and, when the file's ``categories`` name it, ``category_name``).
 Skipped, counted and reported in ``<out_dir>/import_report.json``: malformed image entries, images not
 in the pool, images whose size differs from the pool's, annotations that are malformed, of another size,
 empty or of an unknown image, and bad pool samples. An image whose masks were all deleted is written
@@ -57,7 +59,14 @@ import numpy as np
 from pycocotools import mask as mask_utils
 
 from sam_engine.data.importers.base import ImportSink, PreparedImage, SkipSample
-from sam_engine.data.importers.coco import CocoImage, coco_rle, image_entry, load_coco_json
+from sam_engine.data.importers.coco import (
+    CocoImage,
+    category_fields,
+    category_names,
+    coco_rle,
+    image_entry,
+    load_coco_json,
+)
 from sam_engine.data.loader import MASK_DECODE_BYTES
 from sam_engine.data.records import (
     SOURCES,
@@ -131,21 +140,29 @@ def _export_name(sample: Sample, used: set[str]) -> str | None:
 
 
 def _coco_annotations(sample: Sample, image_id: int, first_id: int, sources, iscrowd: int,
-                      skip: Skip) -> list[dict]:
+                      names: dict[int, str], skip: Skip) -> list[dict]:
     """The COCO annotations of a sample's SA-1B annotations whose ``source`` is in ``sources`` (all if None).
 
-    An annotation whose RLE does not cover the image is passed to ``skip`` and left out.
+    An annotation whose RLE does not cover the image, or whose ``category_id`` is not an integer, is passed
+    to ``skip`` and left out. The category names the annotations carry are added to ``names``.
     """
     height, width = sample.record["image"]["height"], sample.record["image"]["width"]
     kept = []
     for i, annotation in enumerate(sample.record["annotations"]):
         if sources is not None and annotation.get("source") not in sources:
             continue
+        where = f"{sample.source}: annotations[{i}]"
         problem = rle_problem(annotation["segmentation"], height, width)
         if problem is not None:
-            where = f"{sample.source}: annotations[{i}]"
             skip(where, problem[0], f"{where}: {problem[1]}")
             continue
+        try:
+            category_fields(annotation, {}, where)
+        except SkipSample as exc:
+            skip(where, exc.kind, str(exc))
+            continue
+        if "category_id" in annotation and isinstance(annotation.get("category_name"), str):
+            names.setdefault(annotation["category_id"], annotation["category_name"])
         kept.append(annotation)
     segmentations = [a["segmentation"] for a in kept]
     areas = mask_areas(segmentations).tolist()
@@ -154,16 +171,24 @@ def _coco_annotations(sample: Sample, image_id: int, first_id: int, sources, isc
         {
             "id": first_id + i,
             "image_id": image_id,
-            "category_id": CATEGORY["id"],
+            "category_id": annotation.get("category_id", CATEGORY["id"]),
             "segmentation": annotation["segmentation"],
             "area": areas[i],
             "bbox": boxes[i],
             "iscrowd": iscrowd,  # see the module docstring
             ANNOTATION_ID_FIELD: annotation["id"],
-            **{k: v for k, v in annotation.items() if k not in _COCO_FIELDS},
+            **{k: v for k, v in annotation.items() if k not in _COCO_FIELDS and k != "category_name"},
         }
         for i, annotation in enumerate(kept)
     ]
+
+
+def _categories(annotations: list[dict], names: dict[int, str]) -> list[dict]:
+    """COCO's ``categories``: every id the annotations use (always 1, ``object``, SA-1B's one class), named
+    as the shards named them, else ``category_<id>``."""
+    used = {CATEGORY["id"]} | {a["category_id"] for a in annotations}
+    return [{"id": i, "name": names.get(i, CATEGORY["name"] if i == CATEGORY["id"] else f"category_{i}"),
+             "supercategory": CATEGORY["supercategory"]} for i in sorted(used)]
 
 
 def export_coco(
@@ -198,7 +223,7 @@ def export_coco(
         log.warning("not exported %s [%s]: %s", source, kind, reason)
         skipped.append({"source": source, "kind": kind, "reason": reason})
 
-    images, annotations, used = [], [], set()
+    images, annotations, used, names = [], [], set(), {}
     for sample in recorded_samples(shards, skip):
         name = _export_name(sample, used)
         if name is None:
@@ -206,7 +231,8 @@ def export_coco(
             continue
         image = sample.record["image"]
         image_id = len(images) + 1
-        annotations += _coco_annotations(sample, image_id, len(annotations) + 1, sources, int(not evaluation), skip)
+        annotations += _coco_annotations(sample, image_id, len(annotations) + 1, sources, int(not evaluation),
+                                         names, skip)
         write_bytes_atomic(out_dir / IMAGES_DIR / name, sample.data)
         images.append(
             {
@@ -230,7 +256,8 @@ def export_coco(
             "skipped": skipped,
         },
     }
-    coco = {"info": info, "licenses": [], "images": images, "annotations": annotations, "categories": [CATEGORY]}
+    coco = {"info": info, "licenses": [], "images": images, "annotations": annotations,
+            "categories": _categories(annotations, names)}
     path = out_dir / COCO_FILE
     write_bytes_atomic(path, json.dumps(coco, separators=(",", ":"), ensure_ascii=False).encode("utf-8"))
     log.info("exported %d images, %d annotations, skipped %d to %s", len(images), len(annotations), len(skipped), path)
@@ -312,7 +339,8 @@ def _score(annotation: dict, name: str, where: str) -> float:
 
 
 def manual_annotations(
-    annotations: list[dict], height: int, width: int, *, stage: int, where: str, skip: Skip
+    annotations: list[dict], height: int, width: int, *, stage: int, where: str, skip: Skip,
+    names: dict[int, str] | None = None,
 ) -> list[dict]:
     """SA-1B annotations (``source="manual"``, ``stage``) of one image's corrected COCO annotations.
 
@@ -326,21 +354,24 @@ def manual_annotations(
         stage: the provenance ``stage``.
         where: names the image in messages.
         skip: called as ``skip(source, kind, reason)``.
+        names: the file's category names by id; each mask keeps its ``category_id`` (and that name).
     Returns:
         The annotations, ids 0, 1, ... in the file's order.
     """
-    sources, rles, scores = [], [], []
+    sources, rles, scores, categories = [], [], [], []
     for annotation in annotations:
         source = f"{where}: annotation {annotation.get('id')!r}"
         try:
             rle = coco_rle(annotation.get("segmentation"), height, width, source)
             score = [_score(annotation, name, source) for name in ("predicted_iou", "stability_score")]
+            category = category_fields(annotation, names or {}, source)
         except SkipSample as exc:
             skip(source, exc.kind, str(exc))
             continue
         sources.append(source)
         rles.append(rle)
         scores.append(score)
+        categories.append(category)
     result = []
     step = max(1, MASK_DECODE_BYTES // (height * width))
     for start in range(0, len(rles), step):
@@ -350,13 +381,15 @@ def manual_annotations(
             if not ok:
                 skip(source, "empty_mask", f"{source}: the mask has no pixel")
         chunk_scores = np.asarray(scores[start : start + step]).reshape(-1, 2)[nonempty]
-        result += make_annotations(
+        made = make_annotations(
             masks[nonempty],
             start_id=len(result),
             predicted_iou=chunk_scores[:, 0],
             stability_score=chunk_scores[:, 1],
             provenance={"source": "manual", "stage": stage},
         )
+        kept_categories = [c for c, ok in zip(categories[start : start + step], nonempty, strict=True) if ok]
+        result += [{**annotation, **category} for annotation, category in zip(made, kept_categories, strict=True)]
     return result
 
 
@@ -387,6 +420,7 @@ def import_coco_corrections(
     if isinstance(stage, bool) or not isinstance(stage, int) or stage < 0:
         raise ValueError(f"stage must be an int >= 0, got {stage!r}")
     dataset = load_coco_json(coco_json)
+    names = category_names(dataset)
     with ImportSink(out_dir, shard_size=shard_size, prefix=prefix) as sink:
         images = _CocoImages(dataset, str(coco_json), sink.report.skip)
         by_image = defaultdict(list)
@@ -403,13 +437,14 @@ def import_coco_corrections(
             with sink.guard(sample.source):
                 entry = images.match(sample)
                 if entry is not None and not sink.is_done(sample.key):
-                    _import_sample(sink, sample, entry, by_image[entry.id], stage)
+                    _import_sample(sink, sample, entry, by_image[entry.id], stage, names)
         for entry, where in images.unmatched():
             sink.report.skip(where, "not_in_pool", f"{where}: {entry.file_name!r} matches no sample of {pool}")
     return sink.report.to_dict()
 
 
-def _import_sample(sink: ImportSink, sample: Sample, entry: CocoImage, annotations: list, stage: int) -> None:
+def _import_sample(sink: ImportSink, sample: Sample, entry: CocoImage, annotations: list, stage: int,
+                   names: dict[int, str]) -> None:
     """Write one matched sample with its corrected masks (runs inside ``sink.guard``)."""
     image = sample.record["image"]
     if (entry.height, entry.width) != (image["height"], image["width"]):
@@ -419,7 +454,8 @@ def _import_sample(sink: ImportSink, sample: Sample, entry: CocoImage, annotatio
             f"COCO image {entry.id!r} says {entry.width}x{entry.height}",
         )
     converted = manual_annotations(
-        annotations, entry.height, entry.width, stage=stage, where=sample.source, skip=sink.report.skip_annotation
+        annotations, entry.height, entry.width, stage=stage, where=sample.source, skip=sink.report.skip_annotation,
+        names=names,
     )
     record = make_record(image["image_id"], image["width"], image["height"], image["file_name"], converted)
     sink.write(sample.key, PreparedImage(sample.data, sample.ext, image["height"], image["width"]), record)

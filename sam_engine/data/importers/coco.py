@@ -8,15 +8,16 @@ and ``merge``, uncompressed RLE through ``frPyObjects``, compressed RLE as is. C
 such masks; ``crowd="include"`` keeps them with ``iscrowd: 1``. A file sam_engine exported
 (``info.sam_engine_export``, :mod:`sam_engine.annotate.coco_bridge`) sets ``iscrowd`` only to name its
 masks' encoding: every annotation of it is imported as an object (``iscrowd: 0``). Each annotation carries COCO's
-``id``, ``category_id`` and ``iscrowd``; the record's ``image_id`` and ``file_name`` are COCO's; the
+``id``, ``category_id`` (with ``category_name`` when the file's ``categories`` name it) and ``iscrowd``;
+the record's ``image_id`` and ``file_name`` are COCO's; the
 sample key is the file name's path without extension (``000000397133``).
 
 Skipped, each with its reason in ``<out_dir>/import_report.json``: images whose file is missing,
 empty, undecodable, too large or of another size than the JSON says, malformed image entries, and
 annotations (dropped from their image) with a malformed polygon (fewer than 3 points, an odd or
 non-finite coordinate list: pycocotools would read a 4-number polygon as a box), an RLE of another
-size or whose runs do not cover the image, an empty mask, an unknown image id or, by default, a
-crowd flag.
+size or whose runs do not cover the image, a non-integer ``category_id``, an empty mask, an unknown
+image id or, by default, a crowd flag.
 """
 
 from __future__ import annotations
@@ -46,6 +47,34 @@ from sam_engine.data.records import make_annotations, make_record
 log = logging.getLogger(__name__)
 
 CROWD_CHOICES = ("exclude", "include")
+
+
+def category_names(dataset: dict) -> dict[int, str]:
+    """``{id: name}`` of a COCO file's well-formed ``categories`` entries (others are ignored)."""
+    names = {}
+    for entry in dataset.get("categories") or []:
+        if isinstance(entry, dict) and _is_category_id(entry.get("id")) and isinstance(entry.get("name"), str):
+            names[entry["id"]] = entry["name"]
+    return names
+
+
+def category_fields(annotation: dict, names: dict[int, str], where: str) -> dict:
+    """The SA-1B fields carrying a COCO annotation's category: ``category_id``, and ``category_name`` when
+    the file names it; ``{}`` without a ``category_id``.
+
+    Raises:
+        SkipSample: ``bad_category``, the id is present but not an integer.
+    """
+    if "category_id" not in annotation:
+        return {}
+    category = annotation["category_id"]
+    if not _is_category_id(category):
+        raise SkipSample("bad_category", f"{where}: category_id is not an integer: {category!r:.40}")
+    return {"category_id": category, **({"category_name": names[category]} if category in names else {})}
+
+
+def _is_category_id(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def load_coco_json(path: str | Path) -> dict:
@@ -143,6 +172,7 @@ def coco_annotations(
     *,
     include_crowd: bool,
     crowd_is_encoding: bool = False,
+    categories: dict[int, str] | None = None,
     where: str,
     drop: Callable[[str, str, str], None],
 ) -> list[dict]:
@@ -154,18 +184,21 @@ def coco_annotations(
         include_crowd: keep ``iscrowd: 1`` annotations.
         crowd_is_encoding: the file is sam_engine's export, whose ``iscrowd`` names the encoding only: keep
             every annotation, as an object.
+        categories: the file's category names by id (:func:`category_names`), carried with each mask.
         where: names the image in messages.
         drop: called as ``drop(source, kind, reason)`` for each annotation left out.
     """
-    kept, rles = [], []
+    kept, rles, fields = [], [], []
     for annotation in annotations:
         source = f"{where}: annotation {annotation.get('id')!r}"
         if annotation.get("iscrowd", 0) and not (include_crowd or crowd_is_encoding):
             drop(source, "crowd_excluded", f"{source}: iscrowd=1 (crowd=exclude)")
             continue
         try:
+            category = category_fields(annotation, categories or {}, source)
             rles.append(coco_rle(annotation.get("segmentation"), height, width, source))
             kept.append(annotation)
+            fields.append(category)
         except SkipSample as exc:
             drop(source, exc.kind, str(exc))
     if not rles:
@@ -175,13 +208,12 @@ def coco_annotations(
     for annotation in (a for a, ok in zip(kept, nonempty, strict=True) if not ok):
         source = f"{where}: annotation {annotation.get('id')!r}"
         drop(source, "empty_mask", f"{source}: the mask has no pixel")
-    kept = [a for a, ok in zip(kept, nonempty, strict=True) if ok]
+    kept = [(a, f) for a, f, ok in zip(kept, fields, nonempty, strict=True) if ok]
     result = make_annotations(masks[nonempty], provenance={"source": "seed"})
-    for out, annotation in zip(result, kept, strict=True):
+    for out, (annotation, category) in zip(result, kept, strict=True):
         out["id"] = annotation.get("id", out["id"])
         out["iscrowd"] = 0 if crowd_is_encoding else int(bool(annotation.get("iscrowd", 0)))
-        if "category_id" in annotation:
-            out["category_id"] = annotation["category_id"]
+        out.update(category)
     return result
 
 
@@ -213,6 +245,7 @@ def import_coco(
         raise ValueError(f"crowd must be one of {CROWD_CHOICES}, got {crowd!r}")
     dataset = load_coco_json(annotations)
     ours = isinstance(dataset.get("info"), dict) and "sam_engine_export" in dataset["info"]
+    categories = category_names(dataset)
     images = Path(images)
     by_image = defaultdict(list)
     for annotation in dataset["annotations"]:
@@ -229,7 +262,8 @@ def import_coco(
             known.add(image.id)
             path = images / image.file_name
             with sink.guard(str(path)):
-                _import_image(sink, path, image, by_image.get(image.id, []), crowd == "include", ours, max_pixels)
+                _import_image(sink, path, image, by_image.get(image.id, []), crowd == "include", ours, categories,
+                              max_pixels)
         for image_id in by_image.keys() - known:
             for annotation in by_image[image_id]:
                 label = annotation.get("id") if isinstance(annotation, dict) else annotation
@@ -242,7 +276,7 @@ def import_coco(
 
 def _import_image(
     sink: ImportSink, path: Path, entry: CocoImage, annotations: list, include_crowd: bool,
-    crowd_is_encoding: bool, max_pixels: int,
+    crowd_is_encoding: bool, categories: dict[int, str], max_pixels: int,
 ) -> None:
     """Decode one COCO image, convert its annotations and write the sample (runs inside ``sink.guard``)."""
     key = key_from_path(entry.file_name)
@@ -260,6 +294,7 @@ def _import_image(
         entry.width,
         include_crowd=include_crowd,
         crowd_is_encoding=crowd_is_encoding,
+        categories=categories,
         where=str(path),
         drop=sink.report.skip_annotation,
     )
