@@ -7,6 +7,7 @@ import json
 import re
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -233,6 +234,59 @@ def test_category_ids_travel_through_import_shards_export_and_corrections(pool, 
     corrected = [(a.get("category_id"), a.get("category_name"))
                  for _, record in read_output(tmp_path / "corrected").values() for a in record["annotations"]]
     assert sorted(corrected, key=str) == sorted([(c, names[c]) for c in categories[:-1]], key=str)
+
+
+def _datumaro_masks(dataset) -> dict[str, np.ndarray]:
+    """Item id (file stem) -> N x H x W bool, the masks datumaro read, in the order of their COCO ids."""
+    return {item.id: np.array([a.image.astype(bool) for a in sorted(item.annotations, key=lambda a: a.id)
+                               if a.type.name == "mask"]) for item in dataset}
+
+
+def test_cvat_reads_our_cvat_export_and_we_import_what_it_writes(pool, tmp_path):
+    import datumaro as dm  # CVAT's own dataset library (a dev dependency)
+    path = export_coco(pool["dir"], tmp_path / "for_cvat", layout="cvat")
+    assert path == tmp_path / "for_cvat" / "annotations" / "instances_default.json"
+    with zipfile.ZipFile(tmp_path / "for_cvat" / "cvat_coco.zip") as archive:
+        assert sorted(archive.namelist()) == sorted(["annotations/instances_default.json", "images/img0.png",
+                                                     "images/img1.png", "images/a_b.jpg"])
+        archive.extractall(tmp_path / "unzipped")  # as CVAT's server does with an uploaded zip
+    images = json.loads(path.read_text())["images"]
+    keys = {image["file_name"].rsplit(".", 1)[0]: image["sam_engine_key"] for image in images}
+    for source in (tmp_path / "for_cvat", tmp_path / "unzipped"):
+        read = _datumaro_masks(dm.Dataset.import_from(str(source), "coco_instances"))
+        assert {stem: masks.shape[0] for stem, masks in read.items()} == {
+            stem: len(pool["masks"][key]) for stem, key in keys.items()}
+        for stem, masks in read.items():
+            assert np.array_equal(masks, pool["masks"][keys[stem]])  # holes and all
+
+    # CVAT's export of the task (datumaro writes it: no sam_engine fields), zipped as CVAT hands it out.
+    dataset = dm.Dataset.import_from(str(tmp_path / "for_cvat"), "coco_instances")
+    dataset.export(str(tmp_path / "from_cvat"), "coco_instances", save_media=False)
+    written = tmp_path / "from_cvat" / "annotations" / "instances_default.json"
+    assert "sam_engine_key" not in written.read_text()
+    with zipfile.ZipFile(tmp_path / "from_cvat.zip", "w") as archive:
+        archive.write(written, "annotations/instances_default.json")
+    for corrections, out in ((tmp_path / "from_cvat", "dir"), (tmp_path / "from_cvat.zip", "zip")):
+        report = import_coco_corrections(corrections, pool["dir"], tmp_path / out, stage=2)
+        assert report["skipped"] == 0 and report["skipped_annotations"] == 0, report
+        for key, (_, record) in read_output(tmp_path / out).items():
+            assert np.array_equal(record_masks(record), pool["masks"][key])
+
+
+@pytest.mark.parametrize(("members", "message"), [
+    ({}, "expected one annotations/instances_\\*.json in the zip"),
+    ({"annotations/instances_a.json": "{}", "annotations/instances_b.json": "{}"}, "found 2"),
+    ({"annotations/instances_default.json": "not json"}, "not JSON"),
+])
+def test_a_bad_cvat_zip_is_an_error_naming_it(pool, tmp_path, members, message):
+    bad = tmp_path / "bad.zip"
+    with zipfile.ZipFile(bad, "w") as archive:
+        archive.writestr("images/x.png", b"")
+        for name, text in members.items():
+            archive.writestr(name, text)
+    with pytest.raises(ValueError, match=f"{re.escape(str(bad))}.*{message}"):
+        import_coco_corrections(bad, pool["dir"], tmp_path / "out", stage=2)
+    assert not (tmp_path / "out").exists()
 
 
 # --- import -----------------------------------------------------------------------------------

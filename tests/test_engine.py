@@ -190,7 +190,8 @@ def test_people_round_pauses_for_coco_corrections_and_imports_them(tmp_path):
     stages = (0, 1)
     assert run(tmp_path, "annotator.kind=people", "stage1.rounds=1", stages=stages) is None  # paused
     to_annotate = tmp_path / "run" / "stage1" / "round1" / "to_annotate"
-    coco = json.loads((to_annotate / "annotations.json").read_text())
+    coco = json.loads((to_annotate / "annotations" / "instances_default.json").read_text())
+    assert (to_annotate / "cvat_coco.zip").is_file()  # what CVAT imports
     assert len(coco["images"]) == 2 and coco["annotations"] == []  # stage 1: nothing pre-filled
     # People draw the objects (here: the pool's ground truth) and export COCO.
     truth = {s.key: s.record for s in pool_samples(tmp_path / "data" / "pool1")}

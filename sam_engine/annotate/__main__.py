@@ -2,6 +2,7 @@
 
     sam-export shards=outputs/engine/stage3/shards out_dir=to_people sources=[auto]
     sam-export shards=shards/val out_dir=val_coco evaluation=true     # ground truth for COCOeval
+    sam-export shards=shards/pool out_dir=for_cvat layout=cvat        # for_cvat/cvat_coco.zip: CVAT's COCO 1.0
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ def export(cfg: DictConfig) -> None:
     if not isinstance(cfg.evaluation, bool):
         raise ValueError(f"evaluation={cfg.evaluation!r}: expected true or false")
     sources = (cfg.sources,) if isinstance(cfg.sources, str) else None if cfg.sources is None else tuple(cfg.sources)
-    print(export_coco(cfg.shards, cfg.out_dir, sources=sources, evaluation=cfg.evaluation))
+    print(export_coco(cfg.shards, cfg.out_dir, sources=sources, evaluation=cfg.evaluation, layout=cfg.layout))
 
 
 def main() -> None:

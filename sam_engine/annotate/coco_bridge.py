@@ -51,6 +51,7 @@ import json
 import logging
 import math
 import re
+import zipfile
 from collections import defaultdict
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path, PurePosixPath
@@ -77,12 +78,15 @@ from sam_engine.data.records import (
     rle_problem,
 )
 from sam_engine.data.samples import Sample, good_samples
-from sam_engine.utils.atomic_files import write_bytes_atomic
+from sam_engine.utils.atomic_files import write_atomic, write_bytes_atomic
 
 log = logging.getLogger(__name__)
 
 COCO_FILE = "annotations.json"
 IMAGES_DIR = "images"
+CVAT_COCO_FILE = "annotations/instances_default.json"
+CVAT_ZIP = "cvat_coco.zip"
+LAYOUTS = ("coco", "cvat")
 CATEGORY = {"id": 1, "name": "object", "supercategory": "object"}
 KEY_FIELD = "sam_engine_key"
 IMAGE_ID_FIELD = "sam_engine_image_id"
@@ -197,6 +201,7 @@ def export_coco(
     *,
     sources: tuple[str, ...] | None = None,
     evaluation: bool = False,
+    layout: str = "coco",
 ) -> Path:
     """Export the samples of shards as a COCO instances file and its image folder (see the module docstring).
 
@@ -208,13 +213,19 @@ def export_coco(
             all. Every image is exported, with no annotation if none passes.
         evaluation: ``iscrowd: 0`` (ground truth for COCOeval) instead of ``iscrowd: 1`` (masks that come
             back exactly from CVAT); see the module docstring.
+        layout: ``coco``: ``annotations.json`` beside ``images/``; ``cvat``: CVAT's "COCO 1.0" layout,
+            ``annotations/instances_default.json`` beside ``images/``, and both zipped in ``cvat_coco.zip``
+            (what CVAT's "Import dataset" and "Upload annotations" take).
     Returns:
-        The path of ``annotations.json``.
+        The path of the JSON.
     Raises:
-        ValueError: ``sources`` names an unknown source; FileNotFoundError / ValueError: no such shards.
+        ValueError: ``sources`` names an unknown source or ``layout`` is not a choice; FileNotFoundError /
+            ValueError: no such shards.
     """
     if sources is not None and not set(sources) <= set(SOURCES):
         raise ValueError(f"sources must be a subset of {SOURCES}, got {sources!r}")
+    if layout not in LAYOUTS:
+        raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
     out_dir = Path(out_dir)
     (out_dir / IMAGES_DIR).mkdir(parents=True, exist_ok=True)
     skipped = []
@@ -258,10 +269,23 @@ def export_coco(
     }
     coco = {"info": info, "licenses": [], "images": images, "annotations": annotations,
             "categories": _categories(annotations, names)}
-    path = out_dir / COCO_FILE
+    path = out_dir / (CVAT_COCO_FILE if layout == "cvat" else COCO_FILE)
+    path.parent.mkdir(parents=True, exist_ok=True)
     write_bytes_atomic(path, json.dumps(coco, separators=(",", ":"), ensure_ascii=False).encode("utf-8"))
+    if layout == "cvat":
+        write_atomic(out_dir / CVAT_ZIP, lambda f: _zip_tree(f, out_dir, [CVAT_COCO_FILE] + [
+            f"{IMAGES_DIR}/{image['file_name']}" for image in images]), binary=True)
     log.info("exported %d images, %d annotations, skipped %d to %s", len(images), len(annotations), len(skipped), path)
     return path
+
+
+def _zip_tree(file, root: Path, members: list[str]) -> None:
+    """Write a zip of the ``members`` (paths relative to ``root``) to the open binary ``file``; images are
+    stored, not compressed (PNG and JPEG are compressed already)."""
+    with zipfile.ZipFile(file, "w") as archive:
+        for member in members:
+            compression = zipfile.ZIP_DEFLATED if member.endswith(".json") else zipfile.ZIP_STORED
+            archive.write(root / member, member, compress_type=compression)
 
 
 # --- import -----------------------------------------------------------------------------------

@@ -29,7 +29,7 @@ from hydra import compose
 from omegaconf import DictConfig, OmegaConf
 
 from sam_engine.amg import SamAutomaticMaskGenerator
-from sam_engine.annotate.coco_bridge import export_coco, import_coco_corrections
+from sam_engine.annotate.coco_bridge import CVAT_ZIP, export_coco, import_coco_corrections
 from sam_engine.annotate.cost import AnnotationTimeModel
 from sam_engine.annotate.session import (
     RoundSetup,
@@ -59,8 +59,8 @@ log = logging.getLogger(__name__)
 ANNOTATOR_KINDS = ("simulated", "people")
 ENGINE_GROUPS = ("model", "trainer")
 """The train config's groups that the engine config holds itself: every training of a run uses them."""
-CORRECTED = "corrected.json"
-"""People's corrected COCO export of a round, under the round's directory."""
+CORRECTED = ("corrected.json", "corrected.zip")
+"""People's corrected COCO export of a round, under the round's directory: a JSON file or CVAT's zip."""
 
 
 def _quoted(value) -> str:
@@ -214,8 +214,8 @@ class DataEngine:
         on the rerun that finds ``<round>/corrected.json``, import it as the round's manual masks."""
         if (shards / shard_name(prefix, 0)).is_file():
             return
-        corrected = directory / CORRECTED
-        if corrected.is_file():
+        corrected = next((directory / name for name in CORRECTED if (directory / name).is_file()), None)
+        if corrected is not None:
             report = import_coco_corrections(corrected, directory / "proposals", shards, stage=stage, prefix=prefix)
             log.info("imported %s: %s", corrected, json.dumps(report))
             return
@@ -232,10 +232,12 @@ class DataEngine:
                         "file_name": f"{sample.key}.{sample.ext}"}
                     writer.write(sample.key, sample.data, sample.ext, make_record(
                         info["image_id"], info["width"], info["height"], info["file_name"], annotations))
-        coco = export_coco(proposals, directory / "to_annotate")
+        coco = export_coco(proposals, directory / "to_annotate", layout="cvat")
         raise EnginePaused(
-            f"stage {stage} {prefix}: waiting for people. Import {coco} and the images beside it into CVAT or "
-            f"Label Studio, correct and complete the masks, export COCO to {corrected}, and run the engine again"
+            f"stage {stage} {prefix}: waiting for people. Import {coco.parent.parent / CVAT_ZIP} into CVAT (COCO "
+            f"1.0), or {coco} and the images beside it into another tool; correct and complete the masks, export "
+            f"COCO to {directory / CORRECTED[0]} (or CVAT's COCO 1.0 zip to {directory / CORRECTED[1]}), and run "
+            "the engine again"
         )
 
     def log_overlay(self, name: str, shards: Path) -> None:

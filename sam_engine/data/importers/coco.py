@@ -25,6 +25,9 @@ from __future__ import annotations
 import json
 import logging
 import math
+import re
+import zipfile
+import zlib
 from collections import defaultdict
 from collections.abc import Callable
 from pathlib import Path
@@ -47,6 +50,9 @@ from sam_engine.data.records import make_annotations, make_record
 log = logging.getLogger(__name__)
 
 CROWD_CHOICES = ("exclude", "include")
+MAX_COCO_JSON_BYTES = 4 << 30
+"""Larger annotation files are refused before parsing (COCO's train2017 instances: 450 MB)."""
+_CVAT_MEMBER = re.compile(r"annotations/instances_[^/]*\.json")
 
 
 def category_names(dataset: dict) -> dict[int, str]:
@@ -77,16 +83,45 @@ def _is_category_id(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
+def _coco_bytes(path: Path) -> bytes:
+    """The bytes of a COCO file, of the one ``annotations/instances_*.json`` of a directory, or of that
+    member of a zip (CVAT's "COCO 1.0" export), read up to :data:`MAX_COCO_JSON_BYTES`."""
+    if path.is_dir():
+        found = sorted((path / "annotations").glob("instances_*.json"))
+        if len(found) != 1:
+            raise ValueError(f"{path}: expected one annotations/instances_*.json (CVAT's COCO 1.0 layout), "
+                             f"found {len(found)}")
+        path = found[0]
+    if not zipfile.is_zipfile(path):
+        if path.stat().st_size > MAX_COCO_JSON_BYTES:
+            raise ValueError(f"{path}: larger than {MAX_COCO_JSON_BYTES} bytes")
+        return path.read_bytes()
+    try:
+        with zipfile.ZipFile(path) as archive:
+            found = [info for info in archive.infolist() if _CVAT_MEMBER.fullmatch(info.filename)]
+            if len(found) != 1:
+                raise ValueError(f"{path}: expected one annotations/instances_*.json in the zip (CVAT's COCO 1.0 "
+                                 f"export), found {len(found)}")
+            with archive.open(found[0]) as member:
+                data = member.read(MAX_COCO_JSON_BYTES + 1)  # the declared size may lie: read at most this
+    except (zipfile.BadZipFile, zlib.error, EOFError) as exc:
+        raise ValueError(f"{path}: a damaged zip: {exc}") from exc
+    if len(data) > MAX_COCO_JSON_BYTES:
+        raise ValueError(f"{path}: {found[0].filename} unpacks to more than {MAX_COCO_JSON_BYTES} bytes")
+    return data
+
+
 def load_coco_json(path: str | Path) -> dict:
-    """Parse a COCO instances file.
+    """Parse a COCO instances file: a JSON file, or a directory or zip in CVAT's "COCO 1.0" layout
+    (``annotations/instances_default.json``).
 
     Returns:
         The JSON, with an ``images`` list and an ``annotations`` list (empty when absent).
     Raises:
-        ValueError: unreadable, not UTF-8, not JSON, or without an ``images`` list; naming ``path``.
+        ValueError: unreadable, too large, not UTF-8, not JSON, or without an ``images`` list; naming ``path``.
     """
     try:
-        text = Path(path).read_bytes().decode("utf-8")
+        text = _coco_bytes(Path(path)).decode("utf-8")
         dataset = json.loads(text)
     except OSError as exc:
         raise ValueError(f"{path}: cannot read COCO annotations: {exc}") from exc
