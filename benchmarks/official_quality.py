@@ -15,7 +15,8 @@ synthetic scenes (the embedded dataset's scene settings, ``--seed`` distinct fro
   NoC90 (clicks to IoU >= 0.9, ``--max-clicks`` when never reached).
 
 Every mIoU comes with a 95% confidence interval (normal approximation over images: masks of one
-image are not independent). ``--json`` writes the figures.
+image are not independent). ``--json`` writes the figures. Printed first, the same scenes' box prior
+without any model: the ellipse inscribed in each tight box, the floor a box prompt should clear.
 """
 
 from __future__ import annotations
@@ -91,6 +92,24 @@ def score_image(predictor, image: np.ndarray, gt: torch.Tensor, max_clicks: int)
             "5pt": ious[:, min(CLICKS_FOR_MIOU, max_clicks) - 1], "noc90": noc.float()}
 
 
+def ellipse_in_box(boxes: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """N x 4 inclusive XYXY boxes -> N x H x W bool: the ellipse inscribed in each box (pixel centres)."""
+    ys = torch.arange(size[0], dtype=torch.float32)[None, :, None] + 0.5
+    xs = torch.arange(size[1], dtype=torch.float32)[None, None, :] + 0.5
+    x0, y0, x1, y1 = (boxes[:, k, None, None].float() for k in range(4))
+    cx, cy, rx, ry = (x0 + x1 + 1) / 2, (y0 + y1 + 1) / 2, (x1 - x0 + 1) / 2, (y1 - y0 + 1) / 2
+    return ((xs - cx) / rx) ** 2 + ((ys - cy) / ry) ** 2 <= 1
+
+
+def box_prior(num_images: int, seed: int) -> tuple[float, float]:
+    """The mIoU (and its 95% half-width) of :func:`ellipse_in_box` on the benchmark's scenes."""
+    spec, per_image = embedded_scene_spec(), []
+    for index in range(num_images):
+        gt = torch.from_numpy(generate_scene(seed, index, spec).masks)
+        per_image.append(iou(ellipse_in_box(mask_boxes(gt), gt.shape[-2:]), gt))
+    return mean_with_interval(per_image)
+
+
 def mean_with_interval(per_image: list[torch.Tensor]) -> tuple[float, float]:
     """The mean over all masks and the half-width of its 95% interval, from the spread of image means."""
     values = torch.cat(per_image)
@@ -130,6 +149,8 @@ def main() -> None:
     parser.add_argument("--max-clicks", type=int, default=20, help="NoC cap")
     parser.add_argument("--json", help="write the results here")
     args = parser.parse_args()
+    prior, prior_half = box_prior(args.images, args.seed)
+    print(f"box prior, no model (the ellipse inscribed in the tight box): {prior:.3f} +- {prior_half:.3f}")
     rows = []
     for export in args.exports:
         row = evaluate(export, args.images, args.seed, args.max_clicks)
