@@ -184,6 +184,11 @@ def test_the_export_command_writes_ground_truth_and_refuses_a_bad_flag(pool, tmp
     assert {(a["iscrowd"], a["source"]) for a in dataset["annotations"]} == {(0, "manual")}
     refused = subprocess.run([*command, "evaluation=yes"], capture_output=True, text=True, timeout=120)
     assert refused.returncode != 0 and "evaluation='yes': expected true or false" in refused.stderr
+    refused = subprocess.run([*command, "layout=ls"], capture_output=True, text=True, timeout=120)
+    assert refused.returncode != 0 and "layout='ls': expected one of coco, cvat, label_studio" in refused.stderr
+    done = subprocess.run([*command, "layout=label_studio"], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert len(json.loads((tmp_path / "gt" / "tasks.json").read_text())) == len(SCENES)
 
 
 def _with_categories(exported: Path, out: Path) -> tuple[Path, list]:

@@ -192,6 +192,7 @@ def test_people_round_pauses_for_coco_corrections_and_imports_them(tmp_path):
     to_annotate = tmp_path / "run" / "stage1" / "round1" / "to_annotate"
     coco = json.loads((to_annotate / "annotations" / "instances_default.json").read_text())
     assert (to_annotate / "cvat_coco.zip").is_file()  # what CVAT imports
+    assert json.loads((to_annotate / "label_studio" / "tasks.json").read_text())[0]["predictions"][0]["result"] == []
     assert len(coco["images"]) == 2 and coco["annotations"] == []  # stage 1: nothing pre-filled
     # People draw the objects (here: the pool's ground truth) and export COCO.
     truth = {s.key: s.record for s in pool_samples(tmp_path / "data" / "pool1")}

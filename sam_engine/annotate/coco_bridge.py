@@ -129,7 +129,7 @@ def safe_file_name(file_name: str) -> str:
 # --- export -----------------------------------------------------------------------------------
 
 
-def _export_name(sample: Sample, used: set[str]) -> str | None:
+def export_name(sample: Sample, used: set[str]) -> str | None:
     """The sample's file name under ``images/`` (see the module docstring), None if both choices are taken.
 
     ``used`` holds the lower-cased names given so far (case-insensitive file systems); the name is added.
@@ -236,7 +236,7 @@ def export_coco(
 
     images, annotations, used, names = [], [], set(), {}
     for sample in recorded_samples(shards, skip):
-        name = _export_name(sample, used)
+        name = export_name(sample, used)
         if name is None:
             skip(sample.source, "name_collision", f"{sample.source}: its file names are taken by other images")
             continue
@@ -443,13 +443,32 @@ def import_coco_corrections(
     """
     if isinstance(stage, bool) or not isinstance(stage, int) or stage < 0:
         raise ValueError(f"stage must be an int >= 0, got {stage!r}")
-    dataset = load_coco_json(coco_json)
+    return import_corrections(load_coco_json(coco_json), str(coco_json), pool, out_dir, stage=stage, prefix=prefix,
+                              shard_size=shard_size)
+
+
+def import_corrections(
+    dataset: dict,
+    where: str,
+    pool: str | Path | Sequence[str | Path],
+    out_dir: str | Path,
+    *,
+    stage: int,
+    prefix: str = "corrected",
+    shard_size: int = 1000,
+    skipped: Sequence[tuple[str, str, str]] = (),
+) -> dict:
+    """:func:`import_coco_corrections` of a COCO dataset already read from ``where`` (another tool's file
+    converted to COCO); ``skipped``: ``(source, kind, reason)`` of annotations its conversion left out,
+    reported with the rest."""
     names = category_names(dataset)
     with ImportSink(out_dir, shard_size=shard_size, prefix=prefix) as sink:
-        images = _CocoImages(dataset, str(coco_json), sink.report.skip)
+        for skip in skipped:
+            sink.report.skip_annotation(*skip)
+        images = _CocoImages(dataset, where, sink.report.skip)
         by_image = defaultdict(list)
         for i, annotation in enumerate(dataset["annotations"]):
-            source = f"{coco_json}: annotations[{i}]"
+            source = f"{where}: annotations[{i}]"
             if not isinstance(annotation, dict):
                 sink.report.skip_annotation(source, "bad_annotation", f"{source}: expected an object")
             elif annotation.get("image_id") not in images.entries:
@@ -462,8 +481,9 @@ def import_coco_corrections(
                 entry = images.match(sample)
                 if entry is not None and not sink.is_done(sample.key):
                     _import_sample(sink, sample, entry, by_image[entry.id], stage, names)
-        for entry, where in images.unmatched():
-            sink.report.skip(where, "not_in_pool", f"{where}: {entry.file_name!r} matches no sample of {pool}")
+        for entry, entry_where in images.unmatched():
+            sink.report.skip(entry_where, "not_in_pool",
+                             f"{entry_where}: {entry.file_name!r} matches no sample of {pool}")
     return sink.report.to_dict()
 
 

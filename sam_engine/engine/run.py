@@ -31,6 +31,8 @@ from omegaconf import DictConfig, OmegaConf
 from sam_engine.amg import SamAutomaticMaskGenerator
 from sam_engine.annotate.coco_bridge import CVAT_ZIP, export_coco, import_coco_corrections
 from sam_engine.annotate.cost import AnnotationTimeModel
+from sam_engine.annotate.label_studio import CONFIG_FILE as LS_CONFIG_FILE
+from sam_engine.annotate.label_studio import export_label_studio, import_label_studio
 from sam_engine.annotate.session import (
     RoundSetup,
     annotate_round,
@@ -59,8 +61,8 @@ log = logging.getLogger(__name__)
 ANNOTATOR_KINDS = ("simulated", "people")
 ENGINE_GROUPS = ("model", "trainer")
 """The train config's groups that the engine config holds itself: every training of a run uses them."""
-CORRECTED = ("corrected.json", "corrected.zip")
-"""People's corrected COCO export of a round, under the round's directory: a JSON file or CVAT's zip."""
+CORRECTED = ("corrected.json", "corrected.zip", "corrected_label_studio.json")
+"""People's corrections of a round, under the round's directory: COCO JSON, CVAT's zip, Label Studio's JSON."""
 
 
 def _quoted(value) -> str:
@@ -216,7 +218,8 @@ class DataEngine:
             return
         corrected = next((directory / name for name in CORRECTED if (directory / name).is_file()), None)
         if corrected is not None:
-            report = import_coco_corrections(corrected, directory / "proposals", shards, stage=stage, prefix=prefix)
+            read = import_label_studio if corrected.name == CORRECTED[2] else import_coco_corrections
+            report = read(corrected, directory / "proposals", shards, stage=stage, prefix=prefix)
             log.info("imported %s: %s", corrected, json.dumps(report))
             return
         proposals = directory / "proposals"
@@ -233,11 +236,13 @@ class DataEngine:
                     writer.write(sample.key, sample.data, sample.ext, make_record(
                         info["image_id"], info["width"], info["height"], info["file_name"], annotations))
         coco = export_coco(proposals, directory / "to_annotate", layout="cvat")
+        tasks = export_label_studio(proposals, directory / "to_annotate" / "label_studio")
         raise EnginePaused(
             f"stage {stage} {prefix}: waiting for people. Import {coco.parent.parent / CVAT_ZIP} into CVAT (COCO "
-            f"1.0), or {coco} and the images beside it into another tool; correct and complete the masks, export "
-            f"COCO to {directory / CORRECTED[0]} (or CVAT's COCO 1.0 zip to {directory / CORRECTED[1]}), and run "
-            "the engine again"
+            f"1.0), or {tasks} into Label Studio (labelling interface: {tasks.parent / LS_CONFIG_FILE}), or "
+            f"{coco} into another tool; correct and complete the masks; put CVAT's COCO 1.0 zip at "
+            f"{directory / CORRECTED[1]}, Label Studio's JSON export at {directory / CORRECTED[2]} or a COCO "
+            f"file at {directory / CORRECTED[0]}, and run the engine again"
         )
 
     def log_overlay(self, name: str, shards: Path) -> None:
