@@ -417,6 +417,12 @@ def manual_annotations(
     return result
 
 
+def check_stage(stage: object) -> None:
+    """Raises ValueError unless ``stage`` (a mask's provenance) is an int >= 0."""
+    if isinstance(stage, bool) or not isinstance(stage, int) or stage < 0:
+        raise ValueError(f"stage must be an int >= 0, got {stage!r}")
+
+
 def import_coco_corrections(
     coco_json: str | Path,
     pool: str | Path | Sequence[str | Path],
@@ -441,8 +447,7 @@ def import_coco_corrections(
         ValueError: ``coco_json`` is unreadable, not JSON or has no ``images`` list (naming it), or
             ``stage`` is not an int >= 0.
     """
-    if isinstance(stage, bool) or not isinstance(stage, int) or stage < 0:
-        raise ValueError(f"stage must be an int >= 0, got {stage!r}")
+    check_stage(stage)  # before reading: a bad call fails at once
     return import_corrections(load_coco_json(coco_json), str(coco_json), pool, out_dir, stage=stage, prefix=prefix,
                               shard_size=shard_size)
 
@@ -460,7 +465,12 @@ def import_corrections(
 ) -> dict:
     """:func:`import_coco_corrections` of a COCO dataset already read from ``where`` (another tool's file
     converted to COCO); ``skipped``: ``(source, kind, reason)`` of annotations its conversion left out,
-    reported with the rest."""
+    reported with the rest.
+
+    Raises:
+        ValueError: ``stage`` is not an int >= 0.
+    """
+    check_stage(stage)
     names = category_names(dataset)
     with ImportSink(out_dir, shard_size=shard_size, prefix=prefix) as sink:
         for skip in skipped:

@@ -37,6 +37,7 @@ from sam_engine.annotate.coco_bridge import (
     CATEGORY,
     IMAGES_DIR,
     KEY_FIELD,
+    check_stage,
     export_name,
     import_corrections,
     recorded_samples,
@@ -152,7 +153,7 @@ def label_studio_to_coco(tasks: list, where: str) -> tuple[dict, list[tuple[str,
     images, annotations, skipped, categories = [], [], [], {CATEGORY["name"]: CATEGORY["id"]}
     for t, task in enumerate(tasks):
         if not isinstance(task, dict) or not isinstance(task.get("data"), dict):
-            images.append(None)  # the COCO path reports it as a bad image entry
+            images.append({})  # the COCO path reports it as a bad image entry
             continue
         data, results = task["data"], _final_results(task)
         brushes = [r for r in results if isinstance(r, dict) and r.get("type") == "brushlabels"]
@@ -177,7 +178,7 @@ def label_studio_to_coco(tasks: list, where: str) -> tuple[dict, list[tuple[str,
             rle = mask_utils.encode(mask[:, :, None].astype("uint8", order="F"))[0]
             annotations.append({"id": len(annotations) + 1, "image_id": t + 1, "category_id": category,
                                 "segmentation": {"size": rle["size"], "counts": rle["counts"].decode("ascii")}})
-    dataset = {"images": [i if i is not None else {} for i in images], "annotations": annotations,
+    dataset = {"images": images, "annotations": annotations,
                "categories": [{"id": i, "name": n} for n, i in categories.items()]}
     return dataset, skipped
 
@@ -198,8 +199,7 @@ def import_label_studio(
     Raises:
         ValueError: the file is unreadable, not JSON or not a list of tasks, naming it; or a bad ``stage``.
     """
-    if isinstance(stage, bool) or not isinstance(stage, int) or stage < 0:
-        raise ValueError(f"stage must be an int >= 0, got {stage!r}")
+    check_stage(stage)
     try:
         tasks = json.loads(Path(tasks_json).read_bytes().decode("utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
