@@ -97,19 +97,26 @@ def _as_label_studio_exports_it(tasks_json: Path, out: Path) -> Path:
                                {"id": 10 + i, "was_cancelled": False, "result": results}]
     tasks[0]["annotations"][-1]["result"].pop(0)  # people deleted the first mask of the first image
     tasks[1]["annotations"][-1]["result"][0]["value"]["rle"] = [0, 0, 0]  # a damaged brush
+    tasks[0]["annotations"][-1]["result"][1]["original_height"] = 10**6  # a brush of another size: refused
+    tasks[2]["annotations"][-1]["result"][0]["original_height"] = 10**6  # a hostile image size: never allocated
+    tasks[2]["annotations"][-1]["result"][0]["original_width"] = 10**6
     return out.write_text(json.dumps(tasks)) and out
 
 
 def test_label_studios_export_imports_back_matched_by_upload_names(pool, tmp_path):  # noqa: F811
     exported = _as_label_studio_exports_it(export_label_studio(pool["dir"], tmp_path / "to"), tmp_path / "ls.json")
     report = import_label_studio(exported, pool["dir"], tmp_path / "out", stage=2)
-    assert report["imported"] == len(SCENES) and report["skipped"] == 0, report
-    assert report["skipped_annotations_by_kind"] == {"bad_brush": 1}
-    assert re.search(r"ls\.json: task 1 result 0: the RLE", report["skipped_annotation_list"][0]["reason"])
+    assert report["imported"] == len(SCENES) - 1 and report["skipped_by_kind"] == {"size_mismatch": 1}, report
+    assert report["skipped_annotations_by_kind"] == {"bad_brush": 4}  # task 2: both its brushes
+    reasons = [s["reason"] for s in report["skipped_annotation_list"]]
+    assert re.search(r"ls\.json: task 0 result 1: the brush is 1000000x32, the image 24x32", reasons[0]), reasons
+    assert re.search(r"ls\.json: task 1 result 0: the RLE", reasons[1]), reasons
+    assert re.search(r"ls\.json: task 2 result 0: an image of 1000000x1000000 is over", reasons[2]), reasons
     written = {key: record for key, (_, record) in read_output(tmp_path / "out").items()}
     expected = {key: masks for key, masks in pool["masks"].items()}
-    expected["img0"] = expected["img0"][1:]
+    expected["img0"] = expected["img0"][[1, 3]]  # the first deleted, the third refused
     expected["img1"] = expected["img1"][1:]
+    assert sorted(written) == ["img0", "img1"]  # img2's task says 10^6 x 10^6: not the pool's image
     for key, record in written.items():
         assert np.array_equal(record_masks(record), expected[key])
         assert {(a["source"], a["stage"], a["category_id"], a["category_name"]) for a in record["annotations"]} \

@@ -16,9 +16,10 @@ its ``brushlabels`` results decoded to masks. Tasks are matched to the pool as C
 (:func:`sam_engine.annotate.coco_bridge.import_corrections`): by ``sam_engine_key``, else by file name, where a
 Label Studio upload's ``<8 hex digits>-`` prefix is dropped (``3f2a1b9c-img0.png`` is ``img0.png``), else by
 stem. A label becomes the mask's ``category_name`` (``category_id`` 1 for ``object``, then 2, 3 ... in the order
-labels appear). Skipped and reported in ``import_report.json``: results whose RLE does not decode to the stated
-size, tasks without a size (no result and no ``width``/``height`` in their data), besides what the COCO path
-skips.
+labels appear). The image's size is the task's ``height``/``width`` (our export's), else its first result's.
+Skipped and reported in ``import_report.json``: results of another size than the image, or whose RLE does not
+decode to it, results of an image over 10^8 pixels (never allocated), tasks without a size, besides what the
+COCO path skips (an image of another size than the pool's, ...).
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ from sam_engine.annotate.coco_bridge import (
     import_corrections,
     recorded_samples,
 )
+from sam_engine.data.importers.base import DEFAULT_MAX_PIXELS
 from sam_engine.data.records import decode_masks, rle_problem
 from sam_engine.utils.atomic_files import write_bytes_atomic
 
@@ -157,8 +159,9 @@ def label_studio_to_coco(tasks: list, where: str) -> tuple[dict, list[tuple[str,
             continue
         data, results = task["data"], _final_results(task)
         brushes = [r for r in results if isinstance(r, dict) and r.get("type") == "brushlabels"]
-        sizes = {(r.get("original_height"), r.get("original_width")) for r in brushes}
-        height, width = sizes.pop() if len(sizes) == 1 else (data.get("height"), data.get("width"))
+        height, width = data.get("height"), data.get("width")  # our export's; else the first result's
+        if height is None and brushes:
+            height, width = brushes[0].get("original_height"), brushes[0].get("original_width")
         entry = {"id": t + 1, "file_name": _file_name(task), "height": height, "width": width}
         if isinstance(data.get(KEY_FIELD), str):
             entry[KEY_FIELD] = data[KEY_FIELD]
@@ -167,14 +170,20 @@ def label_studio_to_coco(tasks: list, where: str) -> tuple[dict, list[tuple[str,
             source = f"{where}: task {t} result {r}"
             value = result.get("value") if isinstance(result.get("value"), dict) else {}
             try:
-                if not isinstance(height, int) or not isinstance(width, int):
-                    raise BrushRleError("no image size")
+                if not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in (height, width)):
+                    raise BrushRleError(f"no valid image size: {height!r} x {width!r}")
+                if height * width > DEFAULT_MAX_PIXELS:
+                    raise BrushRleError(f"an image of {height}x{width} is over {DEFAULT_MAX_PIXELS} pixels")
+                if (result.get("original_height"), result.get("original_width")) != (height, width):
+                    raise BrushRleError(f"the brush is {result.get('original_height')!r}x"
+                                        f"{result.get('original_width')!r}, the image {height}x{width}")
                 mask = decode_brush(value.get("rle"), height, width)
             except BrushRleError as exc:
                 skipped.append((source, "bad_brush", f"{source}: {exc}"))
                 continue
-            label = (value.get("brushlabels") or [CATEGORY["name"]])[0]
-            category = categories.setdefault(str(label), len(categories) + 1)
+            labels = value.get("brushlabels")
+            label = str(labels[0]) if isinstance(labels, list) and labels else CATEGORY["name"]
+            category = categories.setdefault(label, len(categories) + 1)
             rle = mask_utils.encode(mask[:, :, None].astype("uint8", order="F"))[0]
             annotations.append({"id": len(annotations) + 1, "image_id": t + 1, "category_id": category,
                                 "segmentation": {"size": rle["size"], "counts": rle["counts"].decode("ascii")}})
