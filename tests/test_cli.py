@@ -27,7 +27,7 @@ COMMANDS = [
     ["sam_engine.label"],
     ["sam_engine.engine"],
     ["sam_engine.predict"],
-    ["sam_engine.annotate"],
+    *(["sam_engine.annotate", command] for command in ("export", "import")),
     *(["sam_engine.data.importers", fmt] for fmt in FORMATS),
     ["sam_engine.data.synthetic"],
     ["sam_engine.data.stats"],

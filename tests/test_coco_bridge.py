@@ -177,7 +177,8 @@ def test_the_coco_importer_takes_every_mask_of_our_exports_as_an_object(pool, tm
 
 
 def test_the_export_command_writes_ground_truth_and_refuses_a_bad_flag(pool, tmp_path):
-    command = [sys.executable, "-m", "sam_engine.annotate", f"shards={pool['dir']}", f"out_dir={tmp_path / 'gt'}"]
+    command = [sys.executable, "-m", "sam_engine.annotate", "export", f"shards={pool['dir']}",
+               f"out_dir={tmp_path / 'gt'}"]
     done = subprocess.run([*command, "evaluation=true", "sources=manual"], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     dataset = json.loads((tmp_path / "gt" / "annotations.json").read_text())

@@ -1,26 +1,43 @@
-"""``python -m sam_engine.annotate`` (``sam-export``): shards -> COCO, CVAT or Label Studio files + images
-(``conf/export.yaml``).
+"""``python -m sam_engine.annotate {export,import} key=value ...`` (``sam-annotate``): people's tools and shards.
 
-    sam-export shards=outputs/engine/stage3/shards out_dir=to_people sources=[auto]
-    sam-export shards=shards/val out_dir=val_coco evaluation=true     # ground truth for COCOeval
-    sam-export shards=shards/pool out_dir=for_cvat layout=cvat        # for_cvat/cvat_coco.zip: CVAT's COCO 1.0
-    sam-export shards=shards/pool out_dir=for_ls layout=label_studio  # tasks.json + label_config.xml
+    sam-annotate export shards=shards/auto out_dir=for_cvat layout=cvat          # for_cvat/cvat_coco.zip: CVAT
+    sam-annotate export shards=shards/auto out_dir=for_ls layout=label_studio    # tasks.json + label_config.xml
+    sam-annotate export shards=shards/val out_dir=val_coco evaluation=true       # ground truth for COCOeval
+    sam-annotate import input=corrected.zip pool=shards/photos out_dir=shards/corrected stage=1
+
+``export`` writes shards as COCO (``layout=coco``), CVAT's COCO 1.0 layout and zip (``cvat``) or Label
+Studio tasks with brush masks (``label_studio``), images beside them (``conf/annotate_export.yaml``).
+``import`` reads people's corrections back as shards of manual masks (``conf/annotate_import.yaml``): a COCO
+JSON, CVAT's COCO 1.0 zip or directory, or Label Studio's JSON export (a list of tasks), matched to the
+images of ``pool``; every skip is in ``<out_dir>/import_report.json``.
 """
 
 from __future__ import annotations
 
+import json
+import sys
+from pathlib import Path
+
 from omegaconf import DictConfig
 
-from sam_engine.annotate.coco_bridge import LAYOUTS, export_coco
-from sam_engine.annotate.label_studio import export_label_studio
+from sam_engine.annotate.coco_bridge import LAYOUTS, export_coco, import_coco_corrections
+from sam_engine.annotate.label_studio import export_label_studio, import_label_studio
 from sam_engine.cli import run_command
+
+EXPORT_LAYOUTS = (*LAYOUTS, "label_studio")
+USAGE = """usage: sam-annotate {export,import} key=value ...   (or python -m sam_engine.annotate ...)
+
+export: shards -> COCO, CVAT (COCO 1.0 zip) or Label Studio files for people to correct, or COCO ground truth.
+import: people's corrections (COCO JSON, CVAT zip, Label Studio JSON) -> shards of manual masks.
+`sam-annotate export --help` and `sam-annotate import --help` list the options.
+"""
 
 
 def export(cfg: DictConfig) -> None:
     if not isinstance(cfg.evaluation, bool):
         raise ValueError(f"evaluation={cfg.evaluation!r}: expected true or false")
-    if cfg.layout not in (*LAYOUTS, "label_studio"):
-        raise ValueError(f"layout={cfg.layout!r}: expected one of {', '.join((*LAYOUTS, 'label_studio'))}")
+    if cfg.layout not in EXPORT_LAYOUTS:
+        raise ValueError(f"layout={cfg.layout!r}: expected one of {', '.join(EXPORT_LAYOUTS)}")
     sources = (cfg.sources,) if isinstance(cfg.sources, str) else None if cfg.sources is None else tuple(cfg.sources)
     if cfg.layout == "label_studio":
         print(export_label_studio(cfg.shards, cfg.out_dir, sources=sources, image_prefix=cfg.image_prefix))
@@ -28,8 +45,32 @@ def export(cfg: DictConfig) -> None:
         print(export_coco(cfg.shards, cfg.out_dir, sources=sources, evaluation=cfg.evaluation, layout=cfg.layout))
 
 
+def is_label_studio_export(path: Path) -> bool:
+    """Label Studio's JSON export is a list of tasks; COCO files are objects, CVAT's zips and folders not JSON."""
+    if not path.is_file() or path.suffix.lower() != ".json":
+        return False
+    with open(path, "rb") as file:
+        head = file.read(4096).lstrip()
+    return head.startswith(b"[")
+
+
+def import_(cfg: DictConfig) -> None:
+    path = Path(cfg.input)
+    read = import_label_studio if is_label_studio_export(path) else import_coco_corrections
+    report = read(path, cfg.pool, cfg.out_dir, stage=int(cfg.stage.number), prefix=cfg.prefix)
+    print(json.dumps({k: v for k, v in report.items() if not k.endswith("_list") and k != "skipped_files"}))
+
+
+COMMANDS = {"export": (export, "annotate_export"), "import": (import_, "annotate_import")}
+
+
 def main() -> None:
-    run_command(export, "export")
+    command = sys.argv[1] if len(sys.argv) > 1 else None
+    if command not in COMMANDS:
+        print(USAGE, file=sys.stdout if command in (None, "-h", "--help") else sys.stderr)
+        sys.exit(0 if command in ("-h", "--help") else 2)
+    del sys.argv[1]
+    run_command(*COMMANDS[command])
 
 
 if __name__ == "__main__":

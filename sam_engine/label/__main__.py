@@ -1,6 +1,7 @@
 """``python -m sam_engine.label`` (``sam-label``): pseudo-label input shards (or an image folder) into output shards.
 
     python -m sam_engine.label input=shards/pool output=shards/stage3 checkpoint=outputs/engine/stage2/train/export
+    python -m sam_engine.label input=photos/ output=shards/auto checkpoint=sam_vit_b_01ec64.pth model=vit_b
     python -m sam_engine.label ... amg.points_per_side=16 amg.crop_n_layers=1
     python -m sam_engine.label input=shards/pool output=shards/stage3 verify=true
 
@@ -53,7 +54,7 @@ def label(cfg: DictConfig) -> dict:
         if report["missing"] or report["duplicate_keys"]:
             sys.exit(1)
         return report
-    model = load_model(cfg.checkpoint).to(pick_device(cfg.device)).eval()
+    model = load_model(cfg.checkpoint, cfg.get("model")).to(pick_device(cfg.device)).eval()
     task_index, num_tasks = array_task(cfg.task_index, cfg.num_tasks)
     mine = task_block(shards, task_index, num_tasks)
     log.info("task %d of %d: %d of %d input shards", task_index, num_tasks, len(mine), len(shards))

@@ -127,9 +127,11 @@ def fit_short_side(image: np.ndarray, data: bytes, ext: str, max_short_side: int
     return np.asarray(resized), buffer.getvalue()
 
 
-def model_id(export_dir: str | Path) -> str:
-    """``<export dir>@<first 12 hex digits of sam.pth's sha256>``: which weights labelled a mask."""
-    return f"{export_dir}@{file_sha256(Path(export_dir) / EXPORT_WEIGHTS)[:12]}"
+def model_id(checkpoint: str | Path) -> str:
+    """``<checkpoint>@<first 12 hex digits of the weights' sha256>``: which weights labelled a mask. The
+    checkpoint is an export directory (its ``sam.pth``) or an official ``.pth``."""
+    weights = Path(checkpoint) / EXPORT_WEIGHTS if Path(checkpoint).is_dir() else Path(checkpoint)
+    return f"{checkpoint}@{file_sha256(weights)[:12]}"
 
 
 @dataclass
