@@ -15,7 +15,7 @@ from pathlib import Path
 
 from hydra.utils import instantiate
 from lightning.pytorch import seed_everything
-from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
 from omegaconf import DictConfig, OmegaConf
 
 from sam_engine.data.shards import MANIFEST
@@ -78,6 +78,12 @@ def build_module(cfg: DictConfig, model: Sam) -> InteractiveSamModule:
     )
 
 
+def progress_bar(trainer_cfg: DictConfig) -> list:
+    """TQDM's bar unless the trainer config turns bars off: not Rich, Lightning's choice wherever rich is
+    installed, which writes nothing to a file until a bar ends (a SLURM job's log would show no progress)."""
+    return [TQDMProgressBar()] if trainer_cfg.get("enable_progress_bar", True) else []
+
+
 def val_metrics(results: list[dict]) -> dict:
     """The val/* entries of ``trainer.validate``'s result, as floats."""
     return {k: float(v) for k, v in (results[0] if results else {}).items() if k.startswith("val/")}
@@ -87,7 +93,8 @@ def evaluate(cfg: DictConfig) -> dict:
     """The validation metrics (``val/*``) of the model ``cfg.init`` on ``cfg.data.val``, without training."""
     datamodule = instantiate(cfg.data, train=cfg.data.train)
     module = build_module(cfg, initial_model(cfg))
-    trainer = instantiate(cfg.trainer, default_root_dir=str(cfg.run_dir), logger=False)
+    trainer = instantiate(cfg.trainer, default_root_dir=str(cfg.run_dir), logger=False,
+                          callbacks=progress_bar(cfg.trainer))
     return val_metrics(trainer.validate(module, datamodule=datamodule, verbose=False))
 
 
@@ -106,7 +113,7 @@ def train(cfg: DictConfig) -> dict:
         every_n_train_steps=cfg.checkpoint_every_n_steps,
         enable_version_counter=False,  # a new run in the same run_dir replaces last.ckpt, never last-v1.ckpt
     )
-    callbacks = [checkpoints]
+    callbacks = [checkpoints, *progress_bar(cfg.trainer)]
     if uses_slurm(cfg.trainer):
         callbacks.append(RequeueOnSignal())
     if cfg.snapshot_every_minutes is not None:
