@@ -129,7 +129,7 @@ def safe_file_name(file_name: str) -> str:
 # --- export -----------------------------------------------------------------------------------
 
 
-def export_name(sample: Sample, used: set[str]) -> str | None:
+def _export_name(sample: Sample, used: set[str]) -> str | None:
     """The sample's file name under ``images/`` (see the module docstring), None if both choices are taken.
 
     ``used`` holds the lower-cased names given so far (case-insensitive file systems); the name is added.
@@ -143,23 +143,51 @@ def export_name(sample: Sample, used: set[str]) -> str | None:
     return None
 
 
-def _coco_annotations(sample: Sample, image_id: int, first_id: int, sources, iscrowd: int,
-                      names: dict[int, str], skip: Skip) -> list[dict]:
-    """The COCO annotations of a sample's SA-1B annotations whose ``source`` is in ``sources`` (all if None).
+def exported_samples(
+    shards: str | Path | Sequence[str | Path], out_dir: Path, sources: tuple[str, ...] | None, skip: Skip
+) -> Iterator[tuple[Sample, str, list[dict]]]:
+    """What every export for people writes: each good sample's image under ``out_dir/images/<name>``
+    (:func:`_export_name`), yielded with that name and its annotations whose ``source`` is in ``sources``
+    (all if None) and whose RLE covers the image. Samples without a free name and bad annotations are passed
+    to ``skip`` and left out.
 
-    An annotation whose RLE does not cover the image, or whose ``category_id`` is not an integer, is passed
-    to ``skip`` and left out. The category names the annotations carry are added to ``names``.
+    Raises:
+        ValueError: ``sources`` names an unknown source.
     """
-    height, width = sample.record["image"]["height"], sample.record["image"]["width"]
+    if sources is not None and not set(sources) <= set(SOURCES):
+        raise ValueError(f"sources must be a subset of {SOURCES}, got {sources!r}")
+    (out_dir / IMAGES_DIR).mkdir(parents=True, exist_ok=True)
+    used: set[str] = set()
+    for sample in recorded_samples(shards, skip):
+        name = _export_name(sample, used)
+        if name is None:
+            skip(sample.source, "name_collision", f"{sample.source}: its file names are taken by other images")
+            continue
+        height, width = sample.record["image"]["height"], sample.record["image"]["width"]
+        kept = []
+        for i, annotation in enumerate(sample.record["annotations"]):
+            if sources is not None and annotation.get("source") not in sources:
+                continue
+            problem = rle_problem(annotation["segmentation"], height, width)
+            if problem is not None:
+                where = f"{sample.source}: annotations[{i}]"
+                skip(where, problem[0], f"{where}: {problem[1]}")
+                continue
+            kept.append(annotation)
+        write_bytes_atomic(out_dir / IMAGES_DIR / name, sample.data)
+        yield sample, name, kept
+
+
+def _coco_annotations(sample: Sample, annotations: list[dict], image_id: int, first_id: int, iscrowd: int,
+                      names: dict[int, str], skip: Skip) -> list[dict]:
+    """The COCO annotations of a sample's exported SA-1B ``annotations``.
+
+    An annotation whose ``category_id`` is not an integer is passed to ``skip`` and left out. The category
+    names the annotations carry are added to ``names``.
+    """
     kept = []
-    for i, annotation in enumerate(sample.record["annotations"]):
-        if sources is not None and annotation.get("source") not in sources:
-            continue
-        where = f"{sample.source}: annotations[{i}]"
-        problem = rle_problem(annotation["segmentation"], height, width)
-        if problem is not None:
-            skip(where, problem[0], f"{where}: {problem[1]}")
-            continue
+    for annotation in annotations:
+        where = f"{sample.source}: annotation {annotation.get('id')!r}"
         try:
             category_fields(annotation, {}, where)
         except SkipSample as exc:
@@ -222,29 +250,21 @@ def export_coco(
         ValueError: ``sources`` names an unknown source or ``layout`` is not a choice; FileNotFoundError /
             ValueError: no such shards.
     """
-    if sources is not None and not set(sources) <= set(SOURCES):
-        raise ValueError(f"sources must be a subset of {SOURCES}, got {sources!r}")
     if layout not in LAYOUTS:
         raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
     out_dir = Path(out_dir)
-    (out_dir / IMAGES_DIR).mkdir(parents=True, exist_ok=True)
     skipped = []
 
     def skip(source: str, kind: str, reason: str) -> None:
         log.warning("not exported %s [%s]: %s", source, kind, reason)
         skipped.append({"source": source, "kind": kind, "reason": reason})
 
-    images, annotations, used, names = [], [], set(), {}
-    for sample in recorded_samples(shards, skip):
-        name = export_name(sample, used)
-        if name is None:
-            skip(sample.source, "name_collision", f"{sample.source}: its file names are taken by other images")
-            continue
+    images, annotations, names = [], [], {}
+    for sample, name, exported in exported_samples(shards, out_dir, sources, skip):
         image = sample.record["image"]
         image_id = len(images) + 1
-        annotations += _coco_annotations(sample, image_id, len(annotations) + 1, sources, int(not evaluation),
+        annotations += _coco_annotations(sample, exported, image_id, len(annotations) + 1, int(not evaluation),
                                          names, skip)
-        write_bytes_atomic(out_dir / IMAGES_DIR / name, sample.data)
         images.append(
             {
                 "id": image_id,

@@ -39,12 +39,11 @@ from sam_engine.annotate.coco_bridge import (
     IMAGES_DIR,
     KEY_FIELD,
     check_stage,
-    export_name,
+    exported_samples,
     import_corrections,
-    recorded_samples,
 )
 from sam_engine.data.importers.base import DEFAULT_MAX_PIXELS
-from sam_engine.data.records import decode_masks, rle_problem
+from sam_engine.data.records import decode_masks
 from sam_engine.utils.atomic_files import write_bytes_atomic
 
 log = logging.getLogger(__name__)
@@ -85,34 +84,21 @@ def export_label_studio(
         The path of ``tasks.json``.
     """
     out_dir = Path(out_dir)
-    (out_dir / IMAGES_DIR).mkdir(parents=True, exist_ok=True)
     skipped: list[dict] = []
 
     def skip(source: str, kind: str, reason: str) -> None:
         log.warning("not exported %s [%s]: %s", source, kind, reason)
         skipped.append({"source": source, "kind": kind, "reason": reason})
 
-    tasks, used, labels = [], set(), {CATEGORY["name"]}
-    for sample in recorded_samples(shards, skip):
-        name = export_name(sample, used)
-        if name is None:
-            skip(sample.source, "name_collision", f"{sample.source}: its file names are taken by other images")
-            continue
-        image = sample.record["image"]
-        height, width = image["height"], image["width"]
-        kept = [a for a in sample.record["annotations"] if sources is None or a.get("source") in sources]
+    tasks, labels = [], {CATEGORY["name"]}
+    for sample, name, exported in exported_samples(shards, out_dir, sources, skip):
+        height, width = sample.record["image"]["height"], sample.record["image"]["width"]
         results = []
-        for i, annotation in enumerate(kept):  # one mask decoded at a time: a large image's masks stay small
-            problem = rle_problem(annotation["segmentation"], height, width)
-            if problem is not None:
-                where = f"{sample.source}: annotation {annotation.get('id')!r}"
-                skip(where, problem[0], f"{where}: {problem[1]}")
-                continue
+        for i, annotation in enumerate(exported):  # one mask decoded at a time: a large image's masks stay small
             mask = decode_masks([annotation["segmentation"]], size=(height, width))[0]
             label = annotation.get("category_name") or CATEGORY["name"]
             labels.add(label)
             results.append(_brush_result(mask, i, label, height, width, annotation.get("predicted_iou")))
-        write_bytes_atomic(out_dir / IMAGES_DIR / name, sample.data)
         tasks.append({
             "data": {"image": f"{image_prefix}{IMAGES_DIR}/{name}", KEY_FIELD: sample.key,
                      "width": width, "height": height},
