@@ -9,7 +9,7 @@ main options, then the config groups and the config.
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import hydra
@@ -41,3 +41,14 @@ def run_command(task: Callable[[DictConfig], Any], config_name: str) -> None:
     """Run ``task`` on the config ``conf/<config_name>.yaml`` composed with the command line's overrides."""
     sys.argv = [sys.argv[0], *alias_stage_numbers(sys.argv[1:])]
     hydra.main(version_base=None, config_path=CONFIG_PATH, config_name=config_name)(task)()
+
+
+def run_subcommand(commands: Mapping[str, tuple[Callable[[DictConfig], Any], str]], usage: str) -> None:
+    """``COMMAND key=value ...``: run ``commands[COMMAND]`` (its task and config name) with the rest of the
+    command line; without a known COMMAND print ``usage`` (exit 0 for ``--help`` or nothing, else 2)."""
+    command = sys.argv[1] if len(sys.argv) > 1 else None
+    if command not in commands:
+        print(usage, file=sys.stdout if command in (None, "-h", "--help") else sys.stderr)
+        sys.exit(0 if command in ("-h", "--help") else 2)
+    del sys.argv[1]
+    run_command(*commands[command])

@@ -15,14 +15,13 @@ images of ``pool``; every skip is in ``<out_dir>/import_report.json``.
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 from omegaconf import DictConfig
 
 from sam_engine.annotate.coco_bridge import LAYOUTS, export_coco, import_coco_corrections
 from sam_engine.annotate.label_studio import export_label_studio, import_label_studio
-from sam_engine.cli import run_command
+from sam_engine.cli import run_subcommand
 
 EXPORT_LAYOUTS = (*LAYOUTS, "label_studio")
 USAGE = """usage: sam-annotate {export,import} key=value ...   (or python -m sam_engine.annotate ...)
@@ -65,12 +64,7 @@ COMMANDS = {"export": (export, "annotate_export"), "import": (import_, "annotate
 
 
 def main() -> None:
-    command = sys.argv[1] if len(sys.argv) > 1 else None
-    if command not in COMMANDS:
-        print(USAGE, file=sys.stdout if command in (None, "-h", "--help") else sys.stderr)
-        sys.exit(0 if command in ("-h", "--help") else 2)
-    del sys.argv[1]
-    run_command(*COMMANDS[command])
+    run_subcommand(COMMANDS, USAGE)
 
 
 if __name__ == "__main__":

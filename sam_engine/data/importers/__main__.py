@@ -11,11 +11,9 @@ in ``<out_dir>/import_report.json``.
 
 from __future__ import annotations
 
-import sys
-
 from omegaconf import DictConfig
 
-from sam_engine.cli import run_command
+from sam_engine.cli import run_subcommand
 from sam_engine.data.importers.coco import import_coco
 from sam_engine.data.importers.folder import import_folder
 from sam_engine.data.importers.sa1b import import_sa1b
@@ -45,16 +43,11 @@ def folder(cfg: DictConfig) -> None:
     print(report.summary())
 
 
-IMPORTERS = {"coco": coco, "sa1b": sa1b, "folder": folder}
+IMPORTERS = {"coco": (coco, "import_coco"), "sa1b": (sa1b, "import_sa1b"), "folder": (folder, "import_folder")}
 
 
 def main() -> None:
-    fmt = sys.argv[1] if len(sys.argv) > 1 else None
-    if fmt not in IMPORTERS:
-        print(USAGE, file=sys.stdout if fmt in (None, "-h", "--help") else sys.stderr)
-        sys.exit(0 if fmt in ("-h", "--help") else 2)
-    del sys.argv[1]
-    run_command(IMPORTERS[fmt], f"import_{fmt}")
+    run_subcommand(IMPORTERS, USAGE)
 
 
 if __name__ == "__main__":
