@@ -1,7 +1,8 @@
 """What every command shares: its Hydra config inside the package, and ``stage=1`` for a stage's name.
 
 Each command is the ``__main__.py`` of the package whose work it runs, and a console script
-(``pyproject.toml``): its ``main()`` calls :func:`run_command` with the function that does the work.
+(``pyproject.toml``): its ``main()`` calls :func:`run_command` with the function that does the work, or
+:func:`run_subcommand` when its first word picks one of several (``sam-import coco``, ``sam-annotate export``).
 ``--help`` prints the config's ``hydra.help.template``: a usage line, what the command does and its
 main options, then the config groups and the config.
 """
