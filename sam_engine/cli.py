@@ -38,9 +38,26 @@ def alias_stage_numbers(argv: list[str]) -> list[str]:
     return out
 
 
-def run_command(task: Callable[[DictConfig], Any], config_name: str) -> None:
-    """Run ``task`` on the config ``conf/<config_name>.yaml`` composed with the command line's overrides."""
-    sys.argv = [sys.argv[0], *alias_stage_numbers(sys.argv[1:])]
+def alias_groups(argv: list[str], aliases: Mapping[str, str]) -> list[str]:
+    """Let ``key=choice`` stand for ``group=choice`` where a command keeps a config group under another key
+    (the engine's ``data=folder`` is ``engine_data@data=folder``: ``engine_data/folder.yaml`` at ``data``);
+    ``key.sub=value`` is left alone."""
+    out = []
+    for arg in argv:
+        key, sep, value = arg.partition("=")
+        prefix = key[: len(key) - len(key.lstrip("+~"))]
+        if sep and key.lstrip("+~") in aliases:
+            arg = f"{prefix}{aliases[key.lstrip('+~')]}={value}"
+        out.append(arg)
+    return out
+
+
+def run_command(task: Callable[[DictConfig], Any], config_name: str,
+                group_aliases: Mapping[str, str] | None = None) -> None:
+    """Run ``task`` on the config ``conf/<config_name>.yaml`` composed with the command line's overrides
+    (``stage=1`` and the ``group_aliases`` rewritten as :func:`alias_stage_numbers` and :func:`alias_groups` say)."""
+    argv = alias_stage_numbers(sys.argv[1:])
+    sys.argv = [sys.argv[0], *alias_groups(argv, group_aliases or {})]
     hydra.main(version_base=None, config_path=CONFIG_PATH, config_name=config_name)(task)()
 
 

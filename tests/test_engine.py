@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -13,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 from hydra import compose, initialize_config_dir
 from pycocotools import mask as mask_utils
 
@@ -20,8 +22,10 @@ from sam_engine.annotate.session import pool_samples
 from sam_engine.data.records import make_record
 from sam_engine.data.shards import ShardWriter, read_manifest
 from sam_engine.engine.dashboard import read_offline_history
+from sam_engine.engine.run import DataEngine
 from sam_engine.engine.session import run_engine
-from sam_engine.engine.steps import describe_row
+from sam_engine.engine.steps import Steps, describe_row
+from sam_engine.model import build_sam, export_sam
 
 CONF = str(Path(__file__).resolve().parents[1] / "sam_engine" / "conf")
 
@@ -170,6 +174,37 @@ def test_missing_ground_truth_previous_stage_and_bad_stage_are_named(tmp_path):
         run(tmp_path / "kind", "annotator.kind=human")
     with pytest.raises(FileNotFoundError, match=r"stage1/round2/train/export/sam.pth"):
         run(tmp_path / "second", "stage=semi_automatic", stages=(2,))
+
+
+def test_photo_folder_rounds_share_one_pool_and_a_stage_without_rounds_is_passed_over(tmp_path):
+    with initialize_config_dir(config_dir=CONF, version_base=None):
+        cfg = compose(config_name="engine", overrides=[
+            f"run_dir={tmp_path / 'run'}", "engine_data@data=folder", f"data.images={tmp_path / 'photos'}",
+            "stage1.rounds=2", "stage1.images_per_round=3", "stage2.rounds=2", "stage2.images_per_round=4"])
+    assert cfg.data.pool1 == cfg.data.pool2 == cfg.data.pool3 == str(tmp_path / "run" / "data" / "photos")
+    assert cfg.data.seed is None and cfg.data.val is None and not cfg.data.synthetic
+    engine = DataEngine(cfg, Steps(tmp_path / "run"))
+    assert [engine.round_start(1, k) for k in (1, 2)] == [0, 3]
+    assert [engine.round_start(2, k) for k in (1, 2)] == [6, 10]  # after stage 1's six photos
+    with pytest.raises(ValueError, match=r"data.seed and init are both null"):
+        engine.prepare_data()  # nothing is imported before that is settled
+    assert not (tmp_path / "run" / "data").exists()
+
+    cfg.stage2.rounds = 0
+    before_stage3 = tmp_path / "run" / "stage1" / "round2" / "train" / "export"
+    with pytest.raises(FileNotFoundError, match=re.escape(str(before_stage3 / "sam.pth"))):
+        engine.export_before("stage3")
+    export_sam(build_sam("tiny"), before_stage3)
+    assert engine.export_before("stage3") == before_stage3
+
+
+def test_the_engine_command_takes_data_folder_for_the_photo_group(tmp_path):
+    job = subprocess.run([sys.executable, "-m", "sam_engine.engine", "data=folder", f"data.images={tmp_path}",
+                          "--cfg", "job"], capture_output=True, text=True, timeout=120)
+    assert job.returncode == 0, job.stderr
+    config = yaml.safe_load(job.stdout)
+    assert config["data"]["images"] == str(tmp_path) and config["data"]["seed"] is None
+    assert config["data"]["photos"] == "${data.root}/photos" and config["data"]["pool3"] == "${data.photos}"
 
 
 def _small_pool(tmp_path: Path) -> Path:

@@ -30,17 +30,19 @@ ROOT = Path(__file__).resolve().parents[1]
 PHOTOS = ("grace_hopper.jpg", "Minduka_Present_Blue_Pack.png")
 TEST_ONLY = {  # what the test adds to a documented command: small and fast, not what it means
     "sam-label": ["amg.points_per_side=8", "progress=false"],
+    "sam-engine": ["stage1.images_per_round=2", "stage1.train_steps=2", "stage3.train_steps=2",
+                   "stage3.amg.points_per_side=8", "logger.wandb=false"],
     "sam-train": ["data.batch_size=1", "data.num_workers=0", "data.steps_per_epoch=2", "data.max_masks_per_image=4",
                   "data.min_seen=1000", "stage.max_steps=2", "stage.warmup_steps=1", "stage.prompt_warmup_steps=1",
                   "stage.milestones=[2]", "eval.max_clicks=2", "checkpoint_every_n_steps=2"],
 }
 
 
-def documented_commands() -> list[list[str]]:
-    """The quickstart's command lines (its bash block), split into words."""
+def documented_commands(block: int) -> list[list[str]]:
+    """The command lines of the quickstart's bash block number ``block``, split into words."""
     text = (ROOT / "docs" / "quickstart.md").read_text()
-    block = re.search(r"```bash\n(.*?)```", text, re.S).group(1)
-    return [line.split() for line in block.splitlines() if line.startswith("sam-")]
+    lines = re.findall(r"```bash\n(.*?)```", text, re.S)[block].splitlines()
+    return [line.split() for line in lines if line.startswith("sam-")]
 
 
 def records(shards: Path) -> dict[str, dict]:
@@ -66,11 +68,15 @@ def workspace(tmp_path_factory, disk_export):
 
 
 def run(words: list[str], root: Path, extra: list[str]) -> subprocess.CompletedProcess:
+    """A documented command as the test runs it: the tiny model's checkpoint for Meta's, the CPU for the GPU,
+    and the test's own settings (``TEST_ONLY``, ``extra``) in place of the documented values of their keys."""
     substitutions = {"sam_vit_b_01ec64.pth": str(root / "official_tiny.pth"), "model=vit_b": "model=tiny",
                      "trainer=gpu": "trainer=cpu"}
     words = [re.sub("|".join(map(re.escape, substitutions)), lambda m: substitutions[m.group(0)], w) for w in words]
+    added = [*TEST_ONLY.get(words[0], []), *extra]
+    replaced = {override.split("=")[0] for override in added}
     script = Path(sys.executable).parent / words[0]
-    return subprocess.run([str(script), *words[1:], *TEST_ONLY.get(words[0], []), *extra],
+    return subprocess.run([str(script), *(w for w in words[1:] if w.split("=")[0] not in replaced), *added],
                           capture_output=True, text=True, timeout=600, cwd=root)
 
 
@@ -79,7 +85,7 @@ def test_the_quickstart_runs_on_real_photographs(workspace):
     from label_studio_sdk.converter.brush import decode_rle
 
     root, thresholds = workspace
-    commands = documented_commands()
+    commands = documented_commands(0)
     assert [c[0] for c in commands] == ["sam-import", "sam-label", "sam-annotate", "sam-annotate", "sam-annotate",
                                         "sam-train", "sam-annotate"]
     work = root / "work"
@@ -136,3 +142,62 @@ def test_the_quickstart_runs_on_real_photographs(workspace):
     evaluation.accumulate()
     evaluation.summarize()
     assert evaluation.stats[0] == pytest.approx(1.0)
+
+
+def test_the_engine_runs_the_loop_on_real_photographs(workspace):
+    """The quickstart's engine block: the run pauses for people, CVAT's export of their masks (with a hole)
+    resumes it, stage 3 labels every photo, and its masks go back to CVAT."""
+    import datumaro as dm
+
+    root, thresholds = workspace
+    first, again, export = documented_commands(1)
+    assert first == again and first[0] == "sam-engine" and export[:2] == ["sam-annotate", "export"]
+    stage3_thresholds = [f"stage3.{override}" for override in thresholds]
+    run_dir = root / "work" / "run"
+    paused = run(first, root, stage3_thresholds)
+    assert paused.returncode == 3, paused.stderr[-3000:]
+    photos = records(run_dir / "data" / "photos")
+    assert sorted(Path(r["image"]["file_name"]).name for r in photos.values()) == sorted(PHOTOS)
+
+    # People in CVAT: the round's zip opens in datumaro (no pre-filled mask in stage 1); one mask per photo.
+    round_dir = run_dir / "stage1" / "round1"
+    with zipfile.ZipFile(round_dir / "to_annotate" / "cvat_coco.zip") as archive:
+        archive.extractall(root / "engine_upload")
+    dataset = dm.Dataset.import_from(str(root / "engine_upload"), "coco_instances")
+    drawn = {}
+    for item in dataset:
+        assert not item.annotations
+        key = next(k for k, r in photos.items() if Path(r["image"]["file_name"]).stem == item.id)
+        height, width = photos[key]["image"]["height"], photos[key]["image"]["width"]
+        mask = np.zeros((height, width), bool)
+        mask[height // 4: 3 * height // 4, width // 4: 3 * width // 4] = True
+        mask[height // 2 - 4: height // 2 + 4, width // 2 - 4: width // 2 + 4] = False  # a hole
+        item.annotations.append(dm.Mask(image=mask.astype(np.uint8), label=0, id=1, attributes={"is_crowd": True}))
+        drawn[key] = mask[None]
+    assert drawn.keys() == photos.keys()
+    dataset.export(str(root / "engine_cvat_export"), "coco_instances", save_media=False)
+    with zipfile.ZipFile(round_dir / "corrected.zip", "w") as archive:
+        archive.write(root / "engine_cvat_export" / "annotations" / "instances_default.json",
+                      "annotations/instances_default.json")
+
+    resumed = run(again, root, stage3_thresholds)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    corrected = records(run_dir / "stage1" / "shards")
+    assert corrected.keys() == drawn.keys()
+    for key, record in corrected.items():
+        assert np.array_equal(masks_of(record), drawn[key])  # the hole came through
+    rows = {row["step"]: row for row in json.loads((run_dir / "engine_summary.json").read_text())}
+    assert list(rows) == ["seed", "stage1/round1", "stage3", "final"]
+    assert rows["stage1/round1"]["manual_masks"] == len(PHOTOS) and rows["stage1/round1"]["seconds_per_mask"] is None
+    assert rows["stage3"]["images"] == len(PHOTOS) and rows["stage3"]["auto_masks"] > 0
+    assert not any(key.startswith("val/") for row in rows.values() for key in row)  # no validation set
+    automatic = records(run_dir / "stage3" / "shards")
+    assert sum(len(r["annotations"]) for r in automatic.values()) == rows["stage3"]["auto_masks"]
+    load_export(run_dir / "stage3" / "train" / "export")
+
+    done = run(export, root, [])
+    assert done.returncode == 0, done.stderr[-3000:]
+    with zipfile.ZipFile(root / "work" / "final" / "cvat_coco.zip") as archive:
+        archive.extractall(root / "final_upload")
+    final = dm.Dataset.import_from(str(root / "final_upload"), "coco_instances")
+    assert sum(a.type.name == "mask" for item in final for a in item.annotations) == rows["stage3"]["auto_masks"]

@@ -10,7 +10,7 @@ import lightning.pytorch as pl
 import pytest
 import torch
 
-from sam_engine.cli import alias_stage_numbers
+from sam_engine.cli import alias_groups, alias_stage_numbers
 from sam_engine.data.datamodule import SamDataModule
 from sam_engine.model import build_sam, load_export
 from sam_engine.train.module import InteractiveSamModule, NonFiniteLossError
@@ -98,6 +98,8 @@ def test_stage_one_learns_from_scratch_on_cpu(tmp_path):
 def test_stage_numbers_and_names_select_the_same_config():
     assert alias_stage_numbers(["x", "stage=1", "stage=3", "model=tiny"]) == [
         "x", "stage=assisted_manual", "stage=fully_automatic", "model=tiny"]
+    assert alias_groups(["data=folder", "data.images=a", "+data=b", "model=tiny"], {"data": "engine_data@data"}) == [
+        "engine_data@data=folder", "data.images=a", "+engine_data@data=b", "model=tiny"]
     by_number = train("stage=2", "--cfg", "job")
     by_name = train("stage=semi_automatic", "--cfg", "job")
     assert by_number.returncode == 0, by_number.stderr

@@ -152,12 +152,13 @@ def round_statistics(shards: str | Path, truth: dict[str, list[dict]]) -> dict:
         truth: the ground-truth annotations of the pool images, by sample key (images absent: not scored).
     Returns:
         ``images``, ``masks_collected`` (manual + pre-filled), ``manual_masks``, ``auto_masks``,
-        ``masks_per_image``, ``clicks_per_mask`` and ``seconds_per_mask`` (manual masks),
-        ``annotation_hours`` (all manual seconds), and ``pseudo_label_precision`` (fraction of automatic
+        ``masks_per_image``, ``clicks_per_mask`` and ``seconds_per_mask`` (over the manual masks that
+        record them: the simulated annotator's; masks imported from people's tools do not),
+        ``annotation_hours``, and ``pseudo_label_precision`` (fraction of automatic
         masks with IoU > 0.9 to a ground-truth mask of their image; None without automatic masks scored).
     """
     quality = ProposalQuality()
-    images = manual = auto = clicks = 0
+    images = manual = timed = auto = clicks = 0
     seconds = 0.0
     for sample in pool_samples(shards):
         annotations = sample.record["annotations"]
@@ -165,6 +166,7 @@ def round_statistics(shards: str | Path, truth: dict[str, list[dict]]) -> dict:
         prefilled = [a for a in annotations if a.get("source") == "auto"]
         people = [a for a in annotations if a.get("source") == "manual"]
         manual, auto = manual + len(people), auto + len(prefilled)
+        timed += sum("seconds" in a for a in people)
         clicks += sum(a.get("clicks", 0) for a in people)
         seconds += sum(a.get("seconds", 0.0) for a in people)
         if prefilled and truth.get(sample.key):
@@ -176,8 +178,8 @@ def round_statistics(shards: str | Path, truth: dict[str, list[dict]]) -> dict:
         "manual_masks": manual,
         "auto_masks": auto,
         "masks_per_image": (manual + auto) / images if images else None,
-        "clicks_per_mask": clicks / manual if manual else None,
-        "seconds_per_mask": seconds / manual if manual else None,
+        "clicks_per_mask": clicks / timed if timed else None,
+        "seconds_per_mask": seconds / timed if timed else None,
         "annotation_hours": seconds / 3600,
         "pseudo_label_precision": quality.summary()["precision_iou90"] if quality.pred_masks else None,
     }

@@ -4,6 +4,8 @@
     python -m sam_engine.engine run_dir=outputs/run2 stage1.rounds=6 stage2.rounds=5
     python -m sam_engine.engine annotator.kind=people    # pauses for people at each annotation round
     python -m sam_engine.engine stage=1                  # stage 1's rounds only (the seed model must exist)
+    python -m sam_engine.engine data=folder data.images=photos/ init=sam_vit_b_01ec64.pth model=vit_b \
+        annotator.kind=people                            # your own photos (docs/quickstart.md)
 
 A rerun skips the steps finished before and completes the one that was interrupted. Summary:
 ``<run_dir>/engine_summary.csv``, ``engine_summary.json``, ``stages.png``; wandb with ``logger.wandb=true``.
@@ -20,6 +22,8 @@ from sam_engine.cli import run_command
 from sam_engine.engine.session import ALL_STEPS, run_engine
 
 PAUSED_EXIT_CODE = 3
+GROUP_ALIASES = {"data": "engine_data@data"}
+"""``data=folder`` picks ``conf/engine_data/folder.yaml`` (``conf/data/`` holds the train command's group)."""
 
 
 def engine(cfg: DictConfig) -> list[dict]:
@@ -31,7 +35,7 @@ def engine(cfg: DictConfig) -> list[dict]:
 
 
 def main() -> None:
-    run_command(engine, "engine")
+    run_command(engine, "engine", GROUP_ALIASES)
 
 
 if __name__ == "__main__":

@@ -102,7 +102,7 @@ def plot_stages(rows: list[dict]) -> Figure:
     (a) validation mIoU after 1 click (with its 95% interval when rows carry ``val/miou_1pt_ci95``), a box
     and 5 clicks, on 0..1; (b) NoC90 (left axis) and pseudo-label precision at IoU 0.9 (right axis, 0..1);
     (c) seconds per mask (bars, left axis) and masks per image (line, right axis). A step lacking a metric
-    has no point for it.
+    has no point for it; without any validation metric, panel (a) says so.
 
     Built on :class:`matplotlib.figure.Figure` (Agg rendering, no pyplot state, no display)."""
     _check_rows(rows)
@@ -156,8 +156,10 @@ def plot_stages(rows: list[dict]) -> Figure:
     _mark_stages(miou_ax, stages, labelled=True)
     _mark_stages(clicks_ax, stages, labelled=False)
     _mark_stages(cost_ax, stages, labelled=False)
-    if miou_ax.lines:
+    if miou_ax.get_legend_handles_labels()[0]:
         miou_ax.legend(loc="lower right", fontsize="small")
+    else:  # data=folder without data.val
+        miou_ax.text(0.5, 0.5, "no validation set: no model evaluated", transform=miou_ax.transAxes, ha="center")
     for left, right in ((clicks_ax, precision_ax), (cost_ax, per_image_ax)):
         handles = left.get_legend_handles_labels()[0] + right.get_legend_handles_labels()[0]
         if handles:

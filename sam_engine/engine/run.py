@@ -1,6 +1,6 @@
 """The data engine's steps, in order, for one run directory (see ``conf/engine.yaml``).
 
-    seed                 train the seed model on the seed set (ground truth)
+    seed                 train the seed model on the seed set (ground truth); without one, ``init`` is the seed model
     stage1/round<k>      annotate chunk k of pool1 with the current model, retrain on seed + stage 1 masks
     stage2/round<k>      pre-fill chunk k of pool2 (confident automatic masks), annotate what they miss,
                          retrain on seed + stage 1 + stage 2 masks
@@ -12,6 +12,10 @@ Masks land in ``<run_dir>/stage<N>/shards`` (a shard per round, named after it);
 Each step's metrics row: ``stage``, ``round``, the validation metrics of the model it ends with
 (``val/miou_1pt``, ``val/miou_box``, ``val/miou_5pt``, ``val/noc90`` ...) and what it collected
 (``session.round_statistics``).
+
+On your own photos (``data=folder``, ``conf/engine_data/folder.yaml``) the folder is imported first; there
+is then no seed set (the seed model is ``init``) and, unless ``data.val`` is given, no evaluation: the rows
+hold what each step collected only.
 
 This is the orchestration layer: it reads the engine's config and composes the
 ``train`` config of every training with Hydra's compose API.
@@ -43,12 +47,13 @@ from sam_engine.annotate.session import (
 )
 from sam_engine.annotate.simulated import SimulatedAnnotator
 from sam_engine.data.images import decode_image
+from sam_engine.data.importers.folder import import_folder
 from sam_engine.data.records import decode_masks, make_record
 from sam_engine.data.shards import ShardWriter, shard_name
 from sam_engine.data.synthetic.dataset import ensure_synthetic_dataset
 from sam_engine.engine.steps import EnginePaused, Steps
 from sam_engine.label.labeller import Labeller, LabelSummary, list_input_shards, model_id
-from sam_engine.model import load_model
+from sam_engine.model import export_sam, load_model
 from sam_engine.predict.predictor import SamPredictor
 from sam_engine.stages import FINAL_STEP, SEED_STEP
 from sam_engine.stages import stage as stage_of
@@ -90,13 +95,22 @@ class DataEngine:
     # --- the plan ------------------------------------------------------------------------------------------
 
     def prepare_data(self) -> None:
-        """Generate the synthetic datasets that are missing; check the pools the annotator needs."""
+        """Import the photo folder (``data.images``) or generate the synthetic datasets that are missing; check
+        that the seed model has a source and that the pools hold what the annotator needs."""
+        data = self.cfg.data
         if self.cfg.annotator.kind not in ANNOTATOR_KINDS:
             raise ValueError(f"annotator.kind={self.cfg.annotator.kind}: expected one of {', '.join(ANNOTATOR_KINDS)}")
-        for spec in self.cfg.data.synthetic or []:
+        if data.seed is None and self.cfg.seed_training.init is None:
+            raise ValueError("data.seed and init are both null: the seed model needs shards with ground truth to "
+                             "train on (data.seed=DIR) or weights to start from (init=sam_vit_b_01ec64.pth or an "
+                             "export directory)")
+        if data.images is not None:
+            report = import_folder(data.images, data.photos)
+            log.info("data.images=%s -> %s: %s", data.images, data.photos, report.summary())
+        for spec in data.synthetic or []:
             ensure_synthetic_dataset(**OmegaConf.to_container(spec, resolve=True))
         if self.cfg.annotator.kind == "simulated":
-            for option in ("pool1", "pool2"):
+            for option in (f"pool{stage}" for stage in (1, 2) if self.cfg[f"stage{stage}"].rounds):
                 first = next(pool_samples(self.cfg.data[option]), None)
                 if first is None:
                     raise ValueError(f"data.{option}={self.cfg.data[option]}: no readable image")
@@ -119,28 +133,37 @@ class DataEngine:
         """The metrics rows of every finished step of the run, in order (what the summary shows)."""
         return [self.steps.finished_row(name) for name, _, _ in self.plan() if self.steps.is_done(name)]
 
-    def export_before(self, stage: int, round_: int = 1) -> Path:
-        """The export the given step starts from: the previous step's.
+    def export_before(self, step: str) -> Path:
+        """The export the given step starts from: the one of the training step before it (a stage of 0 rounds
+        has none: stage 3 after ``stage2.rounds=0`` starts from stage 1's last model).
 
         Raises:
             FileNotFoundError: it was not made (its step did not run), naming the file.
         """
-        if stage == 1 and round_ == 1:
-            export = self.run_dir / "seed" / "train" / "export"
-        elif round_ > 1:
-            export = self.run_dir / f"stage{stage}" / f"round{round_ - 1}" / "train" / "export"
-        else:
-            last_round = self.cfg[f"stage{stage - 1}"].rounds
-            export = self.run_dir / f"stage{stage - 1}" / f"round{last_round}" / "train" / "export"
+        trainings = [name for name, stage, _ in self.plan() if stage != FINAL_STEP]
+        export = self.run_dir / trainings[trainings.index(step) - 1] / "train" / "export"
         if not (export / "sam.pth").is_file():
             raise FileNotFoundError(f"{export / 'sam.pth'}: the previous step's model is missing; run the engine "
                                     "from the start (python -m sam_engine.engine run_dir=...) to make it")
         return export
 
+    def round_start(self, stage: int, round_: int) -> int:
+        """The index in its pool of a round's first image: rounds take ``images_per_round`` images each, in
+        order; stage 2 goes on after stage 1's images when both stages share one pool (``data=folder``)."""
+        start = (round_ - 1) * self.cfg[f"stage{stage}"].images_per_round
+        if stage == 2 and Path(self.cfg.data.pool2).resolve() == Path(self.cfg.data.pool1).resolve():
+            start += self.cfg.stage1.rounds * self.cfg.stage1.images_per_round
+        return start
+
     # --- steps ---------------------------------------------------------------------------------------------
 
     def seed_step(self, directory: Path) -> dict:
+        """Train the seed model on ``data.seed``; without a seed set, export ``init`` as the seed model."""
         seed = self.cfg.seed_training
+        if self.cfg.data.seed is None:
+            export = directory / "train" / "export"
+            export_sam(load_model(seed.init, OmegaConf.to_container(self.cfg.model, resolve=True)), export)
+            return {"stage": SEED_STEP, "round": 0, **self.evaluate(directory, export)}
         metrics = self.train(directory / "train", SEED_STEP, seed.init, seed.max_steps, seed.prompt_warmup_steps,
                              seed.milestones)
         return {"stage": SEED_STEP, "round": 0, **metrics}
@@ -148,9 +171,9 @@ class DataEngine:
     def round_step(self, directory: Path, stage: int, round_: int) -> dict:
         """Stage 1 or 2, one round: annotate chunk ``round_`` of the stage's pool, then retrain."""
         options = self.cfg[f"stage{stage}"]
-        export = self.export_before(stage, round_)
+        export = self.export_before(f"stage{stage}/round{round_}")
         pool = self.cfg.data[f"pool{stage}"]
-        samples = pool_chunk(pool, (round_ - 1) * options.images_per_round, options.images_per_round)
+        samples = pool_chunk(pool, self.round_start(stage, round_), options.images_per_round)
         shards = self.run_dir / f"stage{stage}" / "shards"
         prefix = f"round{round_:02d}"
         model = load_model(export).to(self.device).eval()
@@ -179,7 +202,7 @@ class DataEngine:
 
     def stage3_step(self, directory: Path) -> dict:
         """Automatic masks over pool3 with the last stage-2 model, then the final model trained on them."""
-        export = self.export_before(3)
+        export = self.export_before("stage3")
         model = load_model(export).to(self.device).eval()
         generator = SamAutomaticMaskGenerator(model, **OmegaConf.to_container(self.cfg.stage3.amg, resolve=True))
         shards = self.run_dir / "stage3" / "shards"
@@ -202,10 +225,15 @@ class DataEngine:
         export = self.run_dir / "stage3" / "train" / "export"
         if not (export / "sam.pth").is_file():
             raise FileNotFoundError(f"{export / 'sam.pth'}: stage 3's final model is missing; run the engine first")
-        cfg = self.train_config(directory, 3, export, 1, 0, [1])
-        return {"stage": FINAL_STEP, "round": 0, **evaluate(cfg)}
+        return {"stage": FINAL_STEP, "round": 0, **self.evaluate(directory, export)}
 
     # --- parts ---------------------------------------------------------------------------------------------
+
+    def evaluate(self, directory: Path, export: Path) -> dict:
+        """The validation metrics (``val/*``) of ``export`` on ``data.val``; none without a validation set."""
+        if self.cfg.data.val is None:
+            return {}
+        return evaluate(self.train_config(directory, 3, export, 1, 0, [1]))
 
     def prefill_generator(self, model) -> SamAutomaticMaskGenerator:
         return SamAutomaticMaskGenerator(model, **OmegaConf.to_container(self.cfg.stage2.prefill, resolve=True))
@@ -270,6 +298,8 @@ class DataEngine:
             f"data.train={_quoted(cfg.data.seed)}", f"data.val={_quoted(cfg.data.val)}", "data.synthetic=[]",
             "validate_before_training=false",
         ]
+        if cfg.data.seed is None:
+            overrides.append("stage.use_seed_data=false")
         overrides.append("stage.collected=[]" if stage == SEED_STEP else f"optim.lr={cfg.retrain_lr}")
         if (run_dir / "checkpoints" / "last.ckpt").is_file():  # a killed training: resume it
             overrides.append("ckpt_path=last")
