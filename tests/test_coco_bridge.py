@@ -10,13 +10,15 @@ import sys
 import zipfile
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
+from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 from shard_helpers import encode_image, random_masks
 
-from sam_engine.annotate.coco_bridge import export_coco, import_coco_corrections
+from sam_engine.annotate.coco_bridge import export_coco, import_coco_corrections, mask_polygons
 from sam_engine.data.importers.base import REPORT_FILE
 from sam_engine.data.importers.coco import import_coco
 from sam_engine.data.importers.sa1b import iter_sa1b
@@ -164,6 +166,47 @@ def test_the_evaluation_export_is_ground_truth_for_cocoeval(pool, tmp_path, eval
         assert stats[0] == -1  # crowd regions only: COCOeval has no object to score (why evaluation=True exists)
 
 
+def fill_holes(mask: np.ndarray) -> np.ndarray:
+    """The mask with its holes (background not 4-connected to the border) filled."""
+    background = np.pad(~mask, 1, constant_values=True).astype(np.uint8)
+    cv2.floodFill(background, None, (0, 0), 2, flags=4)
+    return (background != 2)[1:-1, 1:-1]
+
+
+def test_polygons_give_every_pixel_back_but_holes():
+    rng = np.random.default_rng(0)
+    for trial in range(200):  # noise (parts touching at corners, single pixels, the border) and blobs
+        height, width = rng.integers(2, 40, 2)
+        mask = rng.random((height, width)) < rng.uniform(0.05, 0.7)
+        if trial % 2:
+            mask = cv2.morphologyEx(mask.astype(np.uint8), cv2.MORPH_OPEN, np.ones((3, 3), np.uint8)).astype(bool)
+        polygons = mask_polygons(mask)
+        assert all(len(polygon) >= 6 and len(polygon) % 2 == 0 for polygon in polygons)
+        back = mask_utils.decode(mask_utils.merge(mask_utils.frPyObjects(polygons, height, width))) if polygons else 0
+        assert np.array_equal(np.asarray(back, bool) | np.zeros_like(mask), fill_holes(mask)), trial
+    assert mask_polygons(np.zeros((3, 4), bool)) == []
+
+
+@pytest.mark.parametrize("evaluation", [True, False])
+def test_the_polygon_export_is_ground_truth_for_cocoeval(pool, tmp_path, evaluation):
+    path = export_coco(pool["dir"], tmp_path, evaluation=evaluation, segmentation="polygons")
+    dataset = json.loads(path.read_text())
+    assert {a["iscrowd"] for a in dataset["annotations"]} == {0}  # polygons are objects, whatever the purpose
+    assert all(isinstance(a["segmentation"], list) for a in dataset["annotations"])
+    coco = COCO(str(path))
+    for image in dataset["images"]:
+        annotations = sorted(coco.loadAnns(coco.getAnnIds(imgIds=image["id"])), key=lambda a: a["sam_engine_id"])
+        masks = np.array([coco.annToMask(a) for a in annotations], bool)
+        assert np.array_equal(masks, [fill_holes(m) for m in pool["masks"][image["sam_engine_key"]]])  # a ring: a disk
+        assert [a["area"] for a in annotations] == masks.sum((1, 2)).tolist()
+    detections = [{"image_id": a["image_id"], "category_id": a["category_id"], "segmentation": coco.annToRLE(a),
+                   "score": 1.0} for a in dataset["annotations"]]  # results are RLE (pycocotools' loadRes)
+    stats = _coco_eval_stats(path, detections)
+    assert stats[0] == pytest.approx(1.0) and stats[1] == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="segmentation must be one of"):
+        export_coco(pool["dir"], tmp_path / "other", segmentation="polygon")
+
+
 @pytest.mark.parametrize("evaluation", [True, False])
 def test_the_coco_importer_takes_every_mask_of_our_exports_as_an_object(pool, tmp_path, evaluation):
     path = export_coco(pool["dir"], tmp_path / "export", evaluation=evaluation)
@@ -187,6 +230,14 @@ def test_the_export_command_writes_ground_truth_and_refuses_a_bad_flag(pool, tmp
     assert refused.returncode != 0 and "evaluation='yes': expected true or false" in refused.stderr
     refused = subprocess.run([*command, "layout=ls"], capture_output=True, text=True, timeout=120)
     assert refused.returncode != 0 and "layout='ls': expected one of coco, cvat, label_studio" in refused.stderr
+    done = subprocess.run([*command, "segmentation=polygons"], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    dataset = json.loads((tmp_path / "gt" / "annotations.json").read_text())
+    assert dataset["info"]["sam_engine_export"]["segmentation"] == "polygons"
+    assert {type(a["segmentation"]) for a in dataset["annotations"]} == {list}
+    refused = subprocess.run([*command, "layout=label_studio", "segmentation=polygons"], capture_output=True,
+                             text=True, timeout=120)
+    assert refused.returncode != 0 and "layout=label_studio writes brush masks" in refused.stderr
     done = subprocess.run([*command, "layout=label_studio"], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert len(json.loads((tmp_path / "gt" / "tasks.json").read_text())) == len(SCENES)

@@ -3,6 +3,7 @@
     sam-annotate export shards=shards/auto out_dir=for_cvat layout=cvat          # for_cvat/cvat_coco.zip: CVAT
     sam-annotate export shards=shards/auto out_dir=for_ls layout=label_studio    # tasks.json + label_config.xml
     sam-annotate export shards=shards/val out_dir=val_coco evaluation=true       # ground truth for COCOeval
+    sam-annotate export shards=shards/val out_dir=val_poly segmentation=polygons # the same as COCO polygons
     sam-annotate import input=corrected.zip pool=shards/photos out_dir=shards/corrected stage=1
 
 ``export`` writes shards as COCO (``layout=coco``), CVAT's COCO 1.0 layout and zip (``cvat``) or Label
@@ -39,9 +40,12 @@ def export(cfg: DictConfig) -> None:
         raise ValueError(f"layout={cfg.layout!r}: expected one of {', '.join(EXPORT_LAYOUTS)}")
     sources = (cfg.sources,) if isinstance(cfg.sources, str) else None if cfg.sources is None else tuple(cfg.sources)
     if cfg.layout == "label_studio":
+        if cfg.segmentation != "rle":
+            raise ValueError(f"segmentation={cfg.segmentation!r}: layout=label_studio writes brush masks (RLE)")
         print(export_label_studio(cfg.shards, cfg.out_dir, sources=sources, image_prefix=cfg.image_prefix))
     else:
-        print(export_coco(cfg.shards, cfg.out_dir, sources=sources, evaluation=cfg.evaluation, layout=cfg.layout))
+        print(export_coco(cfg.shards, cfg.out_dir, sources=sources, evaluation=cfg.evaluation, layout=cfg.layout,
+                          segmentation=cfg.segmentation))
 
 
 def is_label_studio_export(path: Path) -> bool:

@@ -26,7 +26,10 @@ non-crowd object is written as polygons, which do not reproduce a mask pixel for
 for people (the default) sets ``iscrowd: 1``: an untouched mask comes back exactly. COCOeval, though,
 treats crowd regions as "ignore" areas, so a file meant as ground truth for evaluation
 (``evaluation=True``) sets ``iscrowd: 0`` on the same RLE masks, which COCOeval and pycocotools read as
-objects (AP 1.0 against themselves). Either way the flag means nothing here beyond the encoding: the
+objects (AP 1.0 against themselves). ``segmentation="polygons"`` writes each mask as COCO polygons
+instead (``iscrowd: 0``, what tools that draw polygons expect): the outline of each of its parts, traced
+so that pycocotools rasterises every pixel of the part back (:func:`mask_polygons`); holes are lost, as
+COCO polygons cannot have them. Either way the flag means nothing here beyond the encoding: the
 file says it is ours (``info.sam_engine_export``), and both this module's import and the COCO importer
 (:mod:`sam_engine.data.importers.coco`) read every annotation of such a file as an object.
 
@@ -56,6 +59,7 @@ from collections import defaultdict
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path, PurePosixPath
 
+import cv2
 import numpy as np
 from pycocotools import mask as mask_utils
 
@@ -87,6 +91,7 @@ IMAGES_DIR = "images"
 CVAT_COCO_FILE = "annotations/instances_default.json"
 CVAT_ZIP = "cvat_coco.zip"
 LAYOUTS = ("coco", "cvat")
+SEGMENTATIONS = ("rle", "polygons")
 CATEGORY = {"id": 1, "name": "object", "supercategory": "object"}
 KEY_FIELD = "sam_engine_key"
 IMAGE_ID_FIELD = "sam_engine_image_id"
@@ -178,9 +183,28 @@ def exported_samples(
         yield sample, name, kept
 
 
+def mask_polygons(mask: np.ndarray) -> list[list[float]]:
+    """COCO polygons of a mask (H x W bool): one ``[x0, y0, x1, y1, ...]`` per connected part, in
+    pycocotools' coordinates (pixel ``(x, y)`` spans ``[x, x + 1)``); [] for an empty mask.
+
+    The outer outline of each part is traced on the mask's box doubled in size, so that every vertex lies a
+    quarter pixel inside the part's pixel edges: pycocotools then rasterises each pixel of the part back,
+    and none outside it. Holes are filled (COCO polygons cannot have them).
+    """
+    rows, cols = np.flatnonzero(mask.any(1)), np.flatnonzero(mask.any(0))
+    if not len(rows):
+        return []
+    top, left = rows[0], cols[0]
+    box = mask[top: rows[-1] + 1, left: cols[-1] + 1].astype(np.uint8)
+    doubled = box.repeat(2, axis=0).repeat(2, axis=1)
+    contours, _ = cv2.findContours(doubled, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+    return [((contour.reshape(-1, 2) + 0.5) / 2 + (left, top)).ravel().tolist() for contour in contours]
+
+
 def _coco_annotations(sample: Sample, annotations: list[dict], image_id: int, first_id: int, iscrowd: int,
-                      names: dict[int, str], skip: Skip) -> list[dict]:
-    """The COCO annotations of a sample's exported SA-1B ``annotations``.
+                      polygons: bool, names: dict[int, str], skip: Skip) -> list[dict]:
+    """The COCO annotations of a sample's exported SA-1B ``annotations``, their masks as the record's RLE or,
+    with ``polygons``, as COCO polygons (``area`` and ``bbox`` then those of the polygons' pixels).
 
     An annotation whose ``category_id`` is not an integer is passed to ``skip`` and left out. The category
     names the annotations carry are added to ``names``.
@@ -197,14 +221,20 @@ def _coco_annotations(sample: Sample, annotations: list[dict], image_id: int, fi
             names.setdefault(annotation["category_id"], annotation["category_name"])
         kept.append(annotation)
     segmentations = [a["segmentation"] for a in kept]
-    areas = mask_areas(segmentations).tolist()
-    boxes = mask_utils.toBbox(segmentations).tolist() if kept else []
+    if polygons:
+        height, width = sample.record["image"]["height"], sample.record["image"]["width"]
+        segmentations = [mask_polygons(mask_utils.decode(rle).astype(bool)) for rle in segmentations]
+        rles = [mask_utils.merge(mask_utils.frPyObjects(polygon, height, width)) for polygon in segmentations]
+    else:
+        rles = segmentations
+    areas = mask_areas(rles).tolist()
+    boxes = mask_utils.toBbox(rles).tolist() if kept else []
     return [
         {
             "id": first_id + i,
             "image_id": image_id,
             "category_id": annotation.get("category_id", CATEGORY["id"]),
-            "segmentation": annotation["segmentation"],
+            "segmentation": segmentations[i],
             "area": areas[i],
             "bbox": boxes[i],
             "iscrowd": iscrowd,  # see the module docstring
@@ -230,6 +260,7 @@ def export_coco(
     sources: tuple[str, ...] | None = None,
     evaluation: bool = False,
     layout: str = "coco",
+    segmentation: str = "rle",
 ) -> Path:
     """Export the samples of shards as a COCO instances file and its image folder (see the module docstring).
 
@@ -244,14 +275,20 @@ def export_coco(
         layout: ``coco``: ``annotations.json`` beside ``images/``; ``cvat``: CVAT's "COCO 1.0" layout,
             ``annotations/instances_default.json`` beside ``images/``, and both zipped in ``cvat_coco.zip``
             (what CVAT's "Import dataset" and "Upload annotations" take).
+        segmentation: ``rle``: the records' masks, exact; ``polygons``: COCO polygons, ``iscrowd: 0``
+            whatever ``evaluation`` says (holes lost; see the module docstring).
     Returns:
         The path of the JSON.
     Raises:
-        ValueError: ``sources`` names an unknown source or ``layout`` is not a choice; FileNotFoundError /
-            ValueError: no such shards.
+        ValueError: ``sources`` names an unknown source, or ``layout`` or ``segmentation`` is not a choice;
+            FileNotFoundError / ValueError: no such shards.
     """
     if layout not in LAYOUTS:
         raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
+    if segmentation not in SEGMENTATIONS:
+        raise ValueError(f"segmentation must be one of {SEGMENTATIONS}, got {segmentation!r}")
+    polygons = segmentation == "polygons"
+    iscrowd = int(not (evaluation or polygons))
     out_dir = Path(out_dir)
     skipped = []
 
@@ -263,7 +300,7 @@ def export_coco(
     for sample, name, exported in exported_samples(shards, out_dir, sources, skip):
         image = sample.record["image"]
         image_id = len(images) + 1
-        annotations += _coco_annotations(sample, exported, image_id, len(annotations) + 1, int(not evaluation),
+        annotations += _coco_annotations(sample, exported, image_id, len(annotations) + 1, iscrowd, polygons,
                                          names, skip)
         images.append(
             {
@@ -281,7 +318,8 @@ def export_coco(
         "sam_engine_export": {
             "shards": [str(s) for s in shards] if is_list else str(shards),
             "sources": None if sources is None else list(sources),
-            "iscrowd": int(not evaluation),  # the encoding's flag, not a crowd: every mask is one object
+            "iscrowd": iscrowd,  # the encoding's flag, not a crowd: every mask is one object
+            "segmentation": segmentation,
             "images": len(images),
             "annotations": len(annotations),
             "skipped": skipped,
