@@ -94,3 +94,22 @@ def test_the_seed_step_starts_from_an_official_checkpoint(tmp_path, model):
     expected = official.state_dict()
     assert exported.keys() == expected.keys()
     assert all(torch.equal(exported[key], expected[key]) for key in expected)
+
+
+def test_a_ddp_engine_trains_each_step_in_a_command_of_its_own(tmp_path):
+    """trainer=ddp (2 CPU processes, gloo): Lightning starts the second rank by running the command again,
+    so each training runs as ``python -m sam_engine.train`` on its saved config, never the engine twice."""
+    ddp = ["trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2", "trainer.precision=32-true"]
+    cfg = engine_config(tmp_path, *ddp, "stage1.rounds=1")
+    with initialize_config_dir(config_dir=CONF, version_base=None):
+        rows = run_engine(cfg, stages=(0, 1))
+        # Validation alone runs in this process (under DDP, Lightning would start pytest again as rank 1).
+        evaluation = DataEngine(cfg, Steps(tmp_path / "run")).evaluate(tmp_path / "eval",
+                                                                       tmp_path / "run" / "seed" / "train" / "export")
+    assert evaluation["val/miou_1pt"] == pytest.approx(rows[0]["val/miou_1pt"])  # the seed's own figure
+    assert [row["step"] for row in rows] == ["seed", "stage1/round1"]
+    assert [row["train_steps"] for row in rows] == [3, 2] and all("val/miou_1pt" in row for row in rows)
+    for step in ("seed", "stage1/round1"):
+        saved = OmegaConf.load(tmp_path / "run" / step / "train" / "train_config.yaml")
+        assert saved.trainer.strategy == "ddp" and saved.trainer.devices == 2
+        assert (tmp_path / "run" / step / "train" / "export" / "sam.pth").is_file()

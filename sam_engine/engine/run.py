@@ -25,6 +25,8 @@ from __future__ import annotations
 
 import json
 import logging
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -57,6 +59,7 @@ from sam_engine.model import export_sam, load_model
 from sam_engine.predict.predictor import SamPredictor
 from sam_engine.stages import FINAL_STEP, SEED_STEP
 from sam_engine.stages import stage as stage_of
+from sam_engine.train.distributed import one_process, starts_processes, uses_slurm
 from sam_engine.train.run import evaluate, train
 from sam_engine.utils.device import pick_device
 from sam_engine.utils.visualize import overlay_masks, save_png
@@ -233,7 +236,9 @@ class DataEngine:
         """The validation metrics (``val/*``) of ``export`` on ``data.val``; none without a validation set."""
         if self.cfg.data.val is None:
             return {}
-        return evaluate(self.train_config(directory, 3, export, 1, 0, [1]))
+        cfg = self.train_config(directory, 3, export, 1, 0, [1])
+        cfg.trainer = one_process(cfg.trainer)  # in the engine's process: no rank may run the engine again
+        return evaluate(cfg)
 
     def prefill_generator(self, model) -> SamAutomaticMaskGenerator:
         return SamAutomaticMaskGenerator(model, **OmegaConf.to_container(self.cfg.stage2.prefill, resolve=True))
@@ -315,6 +320,31 @@ class DataEngine:
 
     def train(self, run_dir: Path, stage: int, init: Path | None, steps: int, prompt_warmup_steps: int,
               milestones) -> dict:
-        """Train one model of the engine; returns its final validation metrics (``val/*``) and ``train_steps``."""
-        metrics = train(self.train_config(run_dir, stage, init, steps, prompt_warmup_steps, milestones))
+        """Train one model of the engine; returns its final validation metrics (``val/*``) and ``train_steps``.
+
+        A trainer with a process per device (``trainer=ddp|fsdp|slurm``) trains in a command of its own
+        (:func:`train_command`): its ranks run that command, not the engine's."""
+        cfg = self.train_config(run_dir, stage, init, steps, prompt_warmup_steps, milestones)
+        metrics = train_command(cfg) if starts_processes(cfg.trainer) else train(cfg)
         return {**metrics["final"], "train_steps": metrics["steps"]}
+
+
+def train_command(cfg: DictConfig) -> dict:
+    """Run one training as ``python -m sam_engine.train`` on ``cfg`` saved as ``<run_dir>/train_config.yaml``
+    (under ``srun`` with ``trainer=slurm``: the engine runs in the allocation's batch step); returns what the
+    training's ``metrics.json`` holds.
+
+    Raises:
+        RuntimeError: the training failed, naming its exit status and config (its log is the engine's).
+    """
+    run_dir = Path(cfg.run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    config = run_dir / "train_config.yaml"
+    hydra = {"hydra": {"run": {"dir": str(run_dir / "hydra")}, "output_subdir": None, "job": {"chdir": False}}}
+    config.write_text(OmegaConf.to_yaml(cfg) + OmegaConf.to_yaml(hydra))
+    command = [sys.executable, "-m", "sam_engine.train", "--config-dir", str(run_dir.resolve()),
+               "--config-name", config.stem]
+    done = subprocess.run(["srun", *command] if uses_slurm(cfg.trainer) else command, check=False)
+    if done.returncode != 0:
+        raise RuntimeError(f"training {run_dir} failed (exit status {done.returncode}); its config: {config}")
+    return json.loads((run_dir / "metrics.json").read_text())

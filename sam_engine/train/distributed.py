@@ -20,6 +20,7 @@ from pathlib import Path
 
 import torch
 from lightning.pytorch.strategies import FSDPStrategy
+from omegaconf import DictConfig, OmegaConf
 
 from sam_engine.model import Sam, build_sam
 
@@ -36,6 +37,21 @@ def uses_slurm(trainer_cfg: Mapping) -> bool:
     """Whether a trainer config runs under Lightning's SLURMEnvironment (``trainer=slurm``)."""
     plugins = trainer_cfg.get("plugins") or []
     return any(str(p.get("_target_", "")).endswith("SLURMEnvironment") for p in plugins if isinstance(p, Mapping))
+
+
+def starts_processes(trainer_cfg: Mapping) -> bool:
+    """Whether a trainer config runs a process per device (a ``strategy``: ``trainer=ddp|fsdp|slurm``).
+    Lightning starts the other ranks by running the command again (or SLURM's ``srun`` starts them all), so a
+    program that does more than train, as the engine does, runs such a training as a command of its own."""
+    return trainer_cfg.get("strategy") is not None
+
+
+def one_process(trainer_cfg: DictConfig) -> DictConfig:
+    """The trainer config on one device of the calling process: what validation alone needs (no ranks)."""
+    single = OmegaConf.to_container(trainer_cfg, resolve=False)
+    for key in ("plugins", "num_nodes"):
+        single.pop(key, None)
+    return OmegaConf.create({**single, "strategy": "auto", "devices": 1})
 
 
 def check_slurm_allocation(environ: Mapping[str, str] = os.environ) -> None:
