@@ -138,3 +138,24 @@ def test_a_tiny_chain_runs_unattended_to_stage_3(slurm_cluster, chain_env, tmp_p
         run = engine / f"stage{stage}" / "train"
         assert run.resolve() == (engine / f"stage{stage}" / f"train-{jobs[f'train{stage}']}").resolve()
         assert json.loads((run / "metrics.json").read_text())["steps"] == 4
+
+
+def test_the_engine_in_an_allocation_trains_each_step_on_its_tasks_with_srun(slurm_cluster, tmp_path):
+    """trainer=slurm: the engine is the batch script's one process; each training runs under srun on the
+    allocation's two tasks (DDP over gloo), and the engine goes on to the next step."""
+    from test_engine import SMALL
+
+    rounds = ["stage1.rounds=1", "stage2.rounds=0"]
+    small = [o for o in SMALL if o.split("=")[0] not in {r.split("=")[0] for r in rounds}]
+    command = [sys.executable, "-m", "sam_engine.engine", f"run_dir={tmp_path / 'run'}",
+               f"data.root={tmp_path / 'data'}", *small, *rounds, "trainer=slurm", *CPU]
+    slurm_cluster.env.update(PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
+    job = slurm_cluster.sbatch(["--nodes=1", "--ntasks-per-node=2", "--cpus-per-task=1", "--time=15",
+                                "--wrap", shlex.join(command)], cwd=tmp_path)
+    log = tmp_path / f"slurm-{job}.out"
+    assert slurm_cluster.wait(job, timeout=400) == "COMPLETED", log.read_text(errors="replace")[-4000:]
+    rows = json.loads((tmp_path / "run" / "engine_summary.json").read_text())
+    assert [row["step"] for row in rows] == ["seed", "stage1/round1", "stage3", "final"]
+    assert all("val/miou_1pt" in row for row in rows)
+    ranks = re.findall(r"\] - Initializing distributed: GLOBAL_RANK: (\d), MEMBER", log.read_text(errors="replace"))
+    assert sorted(ranks) == ["0", "0", "0", "1", "1", "1"]  # each of the 3 trainings on both tasks

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import subprocess
 import sys
 from collections.abc import Callable
@@ -344,7 +345,10 @@ def train_command(cfg: DictConfig) -> dict:
     config.write_text(OmegaConf.to_yaml(cfg) + OmegaConf.to_yaml(hydra))
     command = [sys.executable, "-m", "sam_engine.train", "--config-dir", str(run_dir.resolve()),
                "--config-name", config.stem]
-    done = subprocess.run(["srun", *command] if uses_slurm(cfg.trainer) else command, check=False)
+    if uses_slurm(cfg.trainer):  # every task of the allocation, as slurm/train.sbatch starts them
+        cpus = os.environ.get("SLURM_CPUS_PER_TASK", "1")
+        command = ["srun", "--kill-on-bad-exit=1", f"--cpus-per-task={cpus}", *command]
+    done = subprocess.run(command, check=False)
     if done.returncode != 0:
         raise RuntimeError(f"training {run_dir} failed (exit status {done.returncode}); its config: {config}")
     return json.loads((run_dir / "metrics.json").read_text())
