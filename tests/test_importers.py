@@ -219,6 +219,31 @@ def test_coco_bad_images_and_annotations_are_reported_and_skipped(tmp_path):
     assert all("missing.png" in s["reason"] for s in on_disk["skipped_files"] if s["kind"] == "missing_file")
 
 
+def test_polygon_vertices_far_outside_the_image_are_skipped_not_a_crash(tmp_path):
+    """pycocotools segfaults on a vertex at 1e12 or 4e8 and takes gigabytes at 3e7: such an annotation is
+    skipped and named; the command goes on (run as a command: a crash would end this test, not the suite)."""
+    (tmp_path / "images").mkdir()
+    (tmp_path / "images" / "a.png").write_bytes(image_bytes(random_pixels(96, 160)))
+    far = [[0, 0, 1e12, 0, 1e12, 1e12], [0, 0, 4e8, 0, 4e8, 4e8], [0, 0, 3e7, 0, 3e7, 3e7], [-1e9, 0, 5, 5, 0, 5],
+           [0, 0, 10, 0, 10, 2e9]]
+    near = [[-3, -2, 170, -2, 170, 100, -3, 100]]  # a little outside: rasterised as pycocotools does
+    annotations = [{"id": i + 1, "image_id": 1, "segmentation": [polygon]} for i, polygon in enumerate(far)]
+    annotations.append({"id": 9, "image_id": 1, "segmentation": near})
+    path = tmp_path / "instances.json"
+    path.write_text(json.dumps({"images": [{"id": 1, "file_name": "a.png", "height": 96, "width": 160}],
+                                "annotations": annotations}))
+    done = subprocess.run([sys.executable, "-m", "sam_engine.data.importers", "coco", f"annotations={path}",
+                           f"images={tmp_path / 'images'}", f"out_dir={tmp_path / 'out'}"],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    report = json.loads((tmp_path / "out" / REPORT_FILE).read_text())
+    dropped = report["skipped_annotation_list"]
+    assert sorted(int(d["source"].rsplit(" ", 1)[-1]) for d in dropped) == [1, 2, 3, 4, 5]
+    assert all(d["kind"] == "bad_segmentation" and "outside the 160 x 96 image" in d["reason"] for d in dropped)
+    [(_, record)] = read_samples(tmp_path / "out").values()
+    assert decode_masks([a["segmentation"] for a in record["annotations"]], (96, 160)).all()  # the near one
+
+
 def test_coco_rerun_resumes_without_duplicates(tmp_path, coco_dataset):
     annotations, images = coco_dataset
     import_coco(annotations, images, tmp_path / "out")

@@ -170,8 +170,13 @@ def image_entry(entry: object, where: str) -> CocoImage:
     return CocoImage(entry["id"], entry["file_name"], entry["height"], entry["width"])
 
 
-def _polygons(segmentation: list, where: str) -> list[list[float]]:
-    """Check polygons: each a flat list of at least 3 (x, y) pairs of finite numbers."""
+def _polygons(segmentation: list, height: int, width: int, where: str) -> list[list[float]]:
+    """Check polygons: each a flat list of at least 3 (x, y) pairs of finite numbers, within one image size
+    of the image (x in [-width, 2 width], y in [-height, 2 height]).
+
+    pycocotools rasterises a polygon in memory proportional to its perimeter and overflows an ``int`` on
+    coordinates near 1e9 (a segmentation fault): a vertex that far out is an error of the file, not a shape.
+    """
     if not segmentation:
         raise SkipSample("bad_segmentation", f"{where}: empty polygon list")
     for i, polygon in enumerate(segmentation):
@@ -179,6 +184,12 @@ def _polygons(segmentation: list, where: str) -> list[list[float]]:
         if not ok or not all(isinstance(v, (int, float)) and math.isfinite(v) for v in polygon):
             raise SkipSample(
                 "bad_segmentation", f"{where}: polygon {i} is not an even list of >= 6 finite numbers"
+            )
+        xs, ys = polygon[0::2], polygon[1::2]
+        if min(xs) < -width or max(xs) > 2 * width or min(ys) < -height or max(ys) > 2 * height:
+            raise SkipSample(
+                "bad_segmentation", f"{where}: polygon {i} reaches ({max(xs, key=abs)}, {max(ys, key=abs)}), "
+                f"farther than one image size outside the {width} x {height} image"
             )
     return segmentation
 
@@ -191,7 +202,7 @@ def coco_rle(segmentation: object, height: int, width: int, where: str) -> dict:
             or ``bad_rle`` (see :func:`~sam_engine.data.importers.base.check_rle`), naming ``where``.
     """
     if isinstance(segmentation, list):
-        return mask_utils.merge(mask_utils.frPyObjects(_polygons(segmentation, where), height, width))
+        return mask_utils.merge(mask_utils.frPyObjects(_polygons(segmentation, height, width, where), height, width))
     if not isinstance(segmentation, dict) or "counts" not in segmentation:
         raise SkipSample("bad_segmentation", f"{where}: segmentation is neither polygons nor an RLE")
     check_rle(segmentation, height, width, where)
