@@ -45,6 +45,7 @@ from sam_engine.annotate.coco_bridge import (
 from sam_engine.data.importers.base import DEFAULT_MAX_PIXELS
 from sam_engine.data.records import decode_masks
 from sam_engine.utils.atomic_files import write_bytes_atomic
+from sam_engine.utils.json_input import parse_json
 
 log = logging.getLogger(__name__)
 
@@ -196,7 +197,7 @@ def import_label_studio(
     """
     check_stage(stage)
     try:
-        tasks = json.loads(Path(tasks_json).read_bytes().decode("utf-8"))
+        tasks = parse_json(Path(tasks_json).read_bytes().decode("utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ValueError(f"{tasks_json}: cannot read Label Studio's export: {exc}") from exc
     dataset, skipped = label_studio_to_coco(tasks, str(tasks_json))

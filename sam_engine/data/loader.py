@@ -53,6 +53,7 @@ from sam_engine.data.images import ImageDecodeError, open_image
 from sam_engine.data.records import RecordError, decode_masks, mask_areas, rle_problem, validate_record
 from sam_engine.data.shards import list_shards, shard_sample_counts
 from sam_engine.transforms import PIXEL_MEAN, PIXEL_STD, normalize_and_pad, preprocess_shape
+from sam_engine.utils.json_input import parse_json
 
 log = logging.getLogger(__name__)
 
@@ -292,7 +293,7 @@ def _parse_record(sample: dict, where: str) -> dict:
     except UnicodeDecodeError as exc:
         raise SampleError(f"{where}: json: not UTF-8 ({exc})") from exc
     try:
-        record = json.loads(text)
+        record = parse_json(text)
     except json.JSONDecodeError as exc:
         raise SampleError(f"{where}: json: does not parse ({exc})") from exc
     return validate_record(record, where=where)

@@ -16,6 +16,7 @@ from typing import NamedTuple
 from sam_engine.data.loader import IMAGE_KEYS, tar_samples
 from sam_engine.data.records import RecordError, validate_record
 from sam_engine.data.shards import list_shards
+from sam_engine.utils.json_input import parse_json
 
 
 @dataclass(frozen=True)
@@ -63,7 +64,7 @@ def shard_samples(url: str) -> Iterator[Sample | Skipped]:
         record = None
         if "json" in sample:
             try:
-                record = validate_record(json.loads(sample["json"].decode("utf-8")), where=where)
+                record = validate_record(parse_json(sample["json"].decode("utf-8")), where=where)
             except (UnicodeDecodeError, json.JSONDecodeError, RecordError) as exc:
                 yield Skipped(where, "bad_record", f"{where}: json: {exc}")
                 continue

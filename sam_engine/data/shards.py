@@ -43,6 +43,7 @@ import braceexpand
 from sam_engine.data.images import image_size
 from sam_engine.data.records import RecordError, validate_record
 from sam_engine.utils.atomic_files import write_json_atomic
+from sam_engine.utils.json_input import parse_json
 
 MANIFEST = "manifest.json"
 MANIFEST_FORMAT = "sam_engine.shards/1"
@@ -76,7 +77,7 @@ def read_manifest(directory: str | Path) -> dict:
     if not path.is_file():
         raise FileNotFoundError(f"{directory}: no {MANIFEST} (not a shard directory written by ShardWriter?)")
     try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
+        manifest = parse_json(path.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ValueError(f"{path}: unreadable manifest: {exc}") from exc
     if not isinstance(manifest, dict) or not isinstance(manifest.get("shards"), dict):

@@ -17,6 +17,7 @@ from typing import Any
 import yaml
 
 from sam_engine.transforms import PIXEL_MEAN, PIXEL_STD
+from sam_engine.utils.json_input import parse_json
 
 VARIANTS = resources.files("sam_engine.conf") / "model"
 """The variant files, package data (a wheel install reads them from the installed package)."""
@@ -129,10 +130,9 @@ def resolve_config(variant_or_config: str | Path | Mapping[str, Any] | SamConfig
     if path.suffix == ".json":
         if not path.is_file():
             raise FileNotFoundError(f"model config file not found: {path}")
-        with open(path) as f:
-            try:
-                values = json.load(f)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path}: not valid JSON ({e})") from e
+        try:
+            values = parse_json(path.read_bytes())
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise ValueError(f"{path}: not valid JSON ({e})") from e
         return SamConfig.from_mapping(values, source=str(path))
     return load_variant(text)

@@ -46,6 +46,7 @@ from sam_engine.data.importers.base import (
     read_file,
 )
 from sam_engine.data.records import make_annotations, make_record
+from sam_engine.utils.json_input import parse_json
 
 log = logging.getLogger(__name__)
 
@@ -122,7 +123,7 @@ def load_coco_json(path: str | Path) -> dict:
     """
     try:
         text = _coco_bytes(Path(path)).decode("utf-8")
-        dataset = json.loads(text)
+        dataset = parse_json(text)
     except OSError as exc:
         raise ValueError(f"{path}: cannot read COCO annotations: {exc}") from exc
     except UnicodeDecodeError as exc:

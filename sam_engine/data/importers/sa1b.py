@@ -47,6 +47,7 @@ from sam_engine.data.importers.base import (
     read_file,
 )
 from sam_engine.data.records import mask_areas, validate_record
+from sam_engine.utils.json_input import parse_json
 
 log = logging.getLogger(__name__)
 
@@ -162,7 +163,7 @@ def parse_record(data: bytes, source: str) -> dict:
         RecordError: the record does not follow the schema.
     """
     try:
-        record = json.loads(data.decode("utf-8"))
+        record = parse_json(data.decode("utf-8"))
     except UnicodeDecodeError as exc:
         raise SkipSample("not_utf8", f"{source}: json is not UTF-8: {exc}") from None
     except json.JSONDecodeError as exc:

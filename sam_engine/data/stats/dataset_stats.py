@@ -30,6 +30,7 @@ from webdataset.gopen import gopen
 from sam_engine.data.importers.base import SkipSample, check_rle
 from sam_engine.data.records import RecordError, decode_masks, mask_areas, validate_record
 from sam_engine.data.shards import list_shards
+from sam_engine.utils.json_input import parse_json
 
 log = logging.getLogger(__name__)
 
@@ -217,7 +218,7 @@ def iter_records(
 def _parse(data: bytes, where: str, stats: DatasetStats | None) -> Iterator[dict]:
     """The record in ``data`` if it parses, validates and has sound RLEs; else nothing (counted)."""
     try:
-        record = validate_record(json.loads(data.decode("utf-8")), where=where)
+        record = validate_record(parse_json(data.decode("utf-8")), where=where)
         height, width = record["image"]["height"], record["image"]["width"]
         for i, annotation in enumerate(record["annotations"]):
             check_rle(annotation["segmentation"], height, width, f"{where}: annotations[{i}]")
