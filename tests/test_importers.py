@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import io
 import json
+import struct
 import subprocess
 import sys
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -423,6 +425,45 @@ def test_folder_import_skips_images_over_max_pixels(tmp_path):
     (folder / "long.png").write_bytes(image_bytes(random_pixels(1, 10_000)))
     report = import_folder(folder, tmp_path / "out", max_pixels=1000)
     assert skipped(report) == {"long.png": "too_large"} and report.imported == 1
+
+
+def bomb_png(width: int = 20_000, height: int = 20_000) -> bytes:
+    """A PNG whose header claims ``width`` x ``height`` pixels (PIL refuses to open beyond 2 x 89M)."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    pixels = zlib.compress(b"\0" * 64)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", pixels) + chunk(b"IEND", b"")
+
+
+def test_a_decompression_bomb_is_skipped_as_too_large_by_every_importer_and_named_by_predict(tmp_path):
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    (folder / "bomb.png").write_bytes(bomb_png())
+    (folder / "fine.png").write_bytes(image_bytes(random_pixels(4, 4)))
+    report = import_folder(folder, tmp_path / "folder_out")  # also the labeller's folder mode
+    assert skipped(report) == {"bomb.png": "too_large"} and report.imported == 1
+    assert sorted(read_samples(tmp_path / "folder_out")) == ["fine"]
+
+    key, jpg, record = sa1b_sample(1)
+    bomb_record = make_record(2, 20_000, 20_000, "sa_2.png", [])
+    write_raw_tar(tmp_path / "sa_000000.tar", [*pair_members(key, jpg, record), ("sa_2.png", bomb_png()),
+                                               ("sa_2.json", json.dumps(bomb_record).encode())])
+    report = import_sa1b(tmp_path / "sa_000000.tar", tmp_path / "sa1b_out")
+    assert [(s.source.split(":")[-1], s.kind) for s in report.skipped] == [("sa_2", "too_large")]
+    assert sorted(read_samples(tmp_path / "sa1b_out")) == ["sa_1"]
+
+    entries = [{"id": 1, "file_name": "bomb.png", "height": 20_000, "width": 20_000},
+               {"id": 2, "file_name": "fine.png", "height": 4, "width": 4}]
+    (tmp_path / "coco.json").write_text(json.dumps({"images": entries, "annotations": []}))
+    report = import_coco(tmp_path / "coco.json", folder, tmp_path / "coco_out")
+    assert skipped(report) == {"bomb.png": "too_large"} and report.imported == 1
+
+    done = subprocess.run([sys.executable, "-m", "sam_engine.predict", f"image={folder / 'bomb.png'}",
+                           f"out={tmp_path / 'overlay.png'}"], capture_output=True, text=True, timeout=120)
+    assert done.returncode != 0 and f"{folder / 'bomb.png'}: Image size" in done.stderr
+    assert "DecompressionBombError" not in done.stderr.splitlines()[-1]
 
 
 def test_folder_command_line_imports(tmp_path):

@@ -32,6 +32,10 @@ class ImageDecodeError(ValueError):
     """Image bytes that PIL cannot decode (zero-byte, truncated, unknown format, too large)."""
 
 
+class ImageTooLarge(ImageDecodeError):
+    """An image whose header claims more pixels than PIL's decompression-bomb guard lets it open."""
+
+
 def _grey_to_rgb(grey: np.ndarray) -> Image.Image:
     return Image.fromarray(grey.astype(np.uint8), mode="L").convert("RGB")
 
@@ -90,6 +94,8 @@ def open_image(
         image.load()
         ImageOps.exif_transpose(image, in_place=True)
         return to_rgb(image), full_size
+    except Image.DecompressionBombError as exc:
+        raise ImageTooLarge(f"{source}: {exc}") from exc
     except Exception as exc:  # PIL raises many types (OSError, SyntaxError, struct.error...) on bad bytes
         raise ImageDecodeError(f"{source}: cannot decode image ({len(data)} bytes): {exc}") from exc
 
@@ -108,5 +114,7 @@ def image_size(data: bytes, *, source: str = "image") -> tuple[int, int]:
     """(H, W) of the upright image, read from the header only (no pixel decoding)."""
     try:
         return _oriented_size(Image.open(io.BytesIO(data)))
+    except Image.DecompressionBombError as exc:  # not an OSError: it derives from Exception
+        raise ImageTooLarge(f"{source}: {exc}") from exc
     except (OSError, ValueError, SyntaxError) as exc:
         raise ImageDecodeError(f"{source}: cannot read image header ({len(data)} bytes): {exc}") from exc

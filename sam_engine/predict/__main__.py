@@ -12,13 +12,14 @@ against their ground truth is printed.
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
-from PIL import Image, ImageOps
 
 from sam_engine.cli import run_command
+from sam_engine.data.images import decode_image
 from sam_engine.data.synthetic.scenes import SceneSpec, generate_scene
 from sam_engine.model import load_model
 from sam_engine.predict.predictor import SamPredictor
@@ -54,8 +55,7 @@ def predict(cfg: DictConfig) -> None:
     if cfg.image is None:
         image, points, truth = synthetic_prompts(cfg.scene_seed, model.img_size, cfg.num_clicks)
     else:
-        with Image.open(cfg.image) as file:
-            image = np.array(ImageOps.exif_transpose(file).convert("RGB"))
+        image = decode_image(Path(cfg.image).read_bytes(), source=str(cfg.image))
         points = np.asarray(cfg.points, dtype=np.float64) if cfg.points else grid_points(*image.shape[:2])
 
     predictor = SamPredictor(model, precision=cfg.precision)

@@ -30,7 +30,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from sam_engine.data.images import ImageDecodeError, image_size, open_image
+from sam_engine.data.images import ImageDecodeError, ImageTooLarge, image_size, open_image
 from sam_engine.data.records import RecordError, rle_problem
 from sam_engine.data.shards import ShardWriter
 
@@ -61,6 +61,8 @@ def problem_kind(exc: Exception) -> str:
     """The report's ``kind`` of one of :data:`KNOWN_PROBLEMS`."""
     if isinstance(exc, SkipSample):
         return exc.kind
+    if isinstance(exc, ImageTooLarge):
+        return "too_large"
     return "undecodable_image" if isinstance(exc, ImageDecodeError) else "invalid_record"
 
 
