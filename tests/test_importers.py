@@ -298,6 +298,18 @@ def test_sa1b_tars_and_loose_files_import_unchanged(tmp_path):
         assert imported[key] == (jpg, record)
 
 
+def test_sa1b_stems_that_cannot_name_a_sample_are_skipped_and_the_import_goes_on(tmp_path):
+    members = []
+    for key, (_, jpg, record) in zip(["sa 1", "__sa2", "sa_3", "\tsa4"], map(sa1b_sample, range(1, 5)), strict=True):
+        members += pair_members(key, jpg, record)
+    write_raw_tar(tmp_path / "sa_000000.tar", members)
+    report = import_sa1b(tmp_path / "sa_000000.tar", tmp_path / "out")
+    assert sorted((s.source.split(":")[-1], s.kind) for s in report.skipped) == [
+        ("\tsa4", "bad_key"), ("__sa2", "bad_key"), ("sa 1", "bad_key")]
+    assert sorted(read_samples(tmp_path / "out")) == ["sa_3"]
+    assert import_sa1b(tmp_path / "sa_000000.tar", tmp_path / "out").already_present == 1  # a rerun too
+
+
 def test_sa1b_release_tars_are_read_in_place(tmp_path):
     samples = [sa1b_sample(i) for i in range(1, 4)]
     write_raw_tar(tmp_path / "sa_000000.tar", [m for s in samples for m in pair_members(*s)])

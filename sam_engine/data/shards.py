@@ -52,6 +52,12 @@ _SHARD_NAME = re.compile(r"^(?P<prefix>.+)-(?P<index>\d{6})\.tar$")
 _BAD_KEY = re.compile(r"[./\\\s]|^__|^$")
 
 
+def is_valid_key(key: object) -> bool:
+    """Whether ``key`` may name a sample in a shard: a non-empty string without ``.``, ``/``, ``\\``,
+    whitespace or a leading ``__`` (webdataset splits names at the first dot; ``__`` names its fields)."""
+    return isinstance(key, str) and not _BAD_KEY.search(key)
+
+
 def shard_name(prefix: str, index: int) -> str:
     """``<prefix>-NNNNNN.tar``."""
     return f"{prefix}-{index:06d}.tar"
@@ -374,7 +380,7 @@ class ShardWriter:
 
     def _check_sample(self, key: str, image_bytes: bytes, image_ext: str, record: dict) -> None:
         where = f"{self.directory}/{self.prefix}:{key}"
-        if not isinstance(key, str) or _BAD_KEY.search(key):
+        if not is_valid_key(key):
             raise ValueError(
                 f"{where}: bad key {key!r}: it must be non-empty, without '.', '/', whitespace, '__'"
             )

@@ -47,6 +47,7 @@ from sam_engine.data.importers.base import (
     read_file,
 )
 from sam_engine.data.records import mask_areas, validate_record
+from sam_engine.data.shards import is_valid_key
 from sam_engine.utils.json_input import parse_json
 
 log = logging.getLogger(__name__)
@@ -248,9 +249,12 @@ def import_sa1b(
     with ImportSink(out_dir, shard_size=shard_size, prefix=prefix) as sink:
         report = sink.report
         for pair in sa1b_pairs(inputs, lambda skip: report.skip(skip.source, skip.kind, skip.reason)):
-            if sink.is_done(pair.key):
+            if is_valid_key(pair.key) and sink.is_done(pair.key):
                 continue
             with sink.guard(pair.source):
+                if not is_valid_key(pair.key):
+                    raise SkipSample("bad_key", f"{pair.source}: the file stem {pair.key!r} cannot name a sample "
+                                     "(whitespace, '.', '/' or a leading '__')")
                 record, image = check_pair(pair, max_pixels, report.skip_annotation)
                 sink.write(pair.key, image, record)
     return report
