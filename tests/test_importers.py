@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import struct
 import subprocess
 import sys
@@ -244,6 +245,26 @@ def test_polygon_vertices_far_outside_the_image_are_skipped_not_a_crash(tmp_path
     assert all(d["kind"] == "bad_segmentation" and "outside the 160 x 96 image" in d["reason"] for d in dropped)
     [(_, record)] = read_samples(tmp_path / "out").values()
     assert decode_masks([a["segmentation"] for a in record["annotations"]], (96, 160)).all()  # the near one
+
+
+def test_coco_file_names_read_only_regular_files_inside_the_images_folder(tmp_path):
+    images, secret = tmp_path / "images", tmp_path / "secret"
+    images.mkdir()
+    secret.mkdir()
+    (secret / "x.png").write_bytes(image_bytes(random_pixels(4, 4)))
+    (images / "good.png").write_bytes(image_bytes(random_pixels(4, 4)))
+    (images / "link.png").symlink_to(secret / "x.png")  # a link out of the folder
+    (images / "sub").mkdir()
+    os.mkfifo(images / "pipe.png")  # would block a reader forever
+    names = ["good.png", "../secret/x.png", str(secret / "x.png"), "/dev/zero", "pipe.png", "link.png", "sub"]
+    entries = [{"id": i + 1, "file_name": name, "height": 4, "width": 4} for i, name in enumerate(names)]
+    (tmp_path / "coco.json").write_text(json.dumps({"images": entries, "annotations": []}))
+    report = import_coco(tmp_path / "coco.json", images, tmp_path / "out")
+    kinds = {s.source.removeprefix(str(images) + "/"): s.kind for s in report.skipped}
+    assert kinds == {"../secret/x.png": "outside_folder", str(secret / "x.png"): "outside_folder",
+                     "/dev/zero": "outside_folder", "pipe.png": "not_a_file", "link.png": "outside_folder",
+                     "sub": "not_a_file"}
+    assert report.imported == 1 and sorted(read_samples(tmp_path / "out")) == ["good"]
 
 
 def test_coco_rerun_resumes_without_duplicates(tmp_path, coco_dataset):

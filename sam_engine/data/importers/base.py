@@ -8,7 +8,7 @@ An importer (:mod:`~sam_engine.data.importers.coco`, :mod:`~sam_engine.data.impo
             if sink.is_done(key):          # already in a completed shard (a rerun resumes)
                 continue
             with sink.guard(source):       # a known problem skips this image, reported with its reason
-                image = prepare_image(read_file(path), source)
+                image = prepare_image(read_file(path, inside=folder), source)   # only files under it
                 sink.write(key, image, make_record(key, image.width, image.height, path.name, []))
     sink.report                            # also written to <out_dir>/import_report.json
 
@@ -23,6 +23,7 @@ import io
 import json
 import logging
 import re
+import stat
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -133,13 +134,33 @@ class PreparedImage:
     width: int
 
 
-def read_file(path: Path) -> bytes:
-    """The bytes of ``path``; a missing or unreadable file raises :class:`SkipSample`."""
+MAX_FILE_BYTES = 1 << 30
+"""Image files larger than this (1 GiB) are skipped (``too_large``) unread."""
+
+
+def read_file(path: Path, inside: Path) -> bytes:
+    """The bytes of the regular file ``path``, which must lie inside the folder ``inside`` once links are
+    resolved: a file list from outside (COCO's ``file_name``) then reads nothing else.
+
+    Raises:
+        SkipSample: ``missing_file``, ``outside_folder`` (``../x``, an absolute path, a link out),
+            ``not_a_file`` (a FIFO, a device such as ``/dev/zero``, a directory), ``too_large`` (over
+            :data:`MAX_FILE_BYTES`) or ``unreadable_file``, naming ``path``.
+    """
+    path = Path(path)
     try:
-        return Path(path).read_bytes()
+        real = path.resolve(strict=True)
+        if not real.is_relative_to(Path(inside).resolve()):
+            raise SkipSample("outside_folder", f"{path}: resolves to {real}, outside {inside}")
+        info = real.stat()
+        if not stat.S_ISREG(info.st_mode):
+            raise SkipSample("not_a_file", f"{path}: not a regular file")
+        if info.st_size > MAX_FILE_BYTES:
+            raise SkipSample("too_large", f"{path}: {info.st_size} bytes, more than {MAX_FILE_BYTES}")
+        return real.read_bytes()
     except FileNotFoundError:
         raise SkipSample("missing_file", f"{path}: no such file") from None
-    except OSError as exc:
+    except (OSError, RuntimeError) as exc:  # RuntimeError: a symlink loop
         raise SkipSample("unreadable_file", f"{path}: {exc}") from None
 
 

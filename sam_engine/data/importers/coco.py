@@ -309,8 +309,8 @@ def import_coco(
             known.add(image.id)
             path = images / image.file_name
             with sink.guard(str(path)):
-                _import_image(sink, path, image, by_image.get(image.id, []), crowd == "include", ours, categories,
-                              max_pixels)
+                _import_image(sink, images, image, by_image.get(image.id, []), crowd == "include", ours,
+                              categories, max_pixels)
         for image_id in by_image.keys() - known:
             for annotation in by_image[image_id]:
                 label = annotation.get("id") if isinstance(annotation, dict) else annotation
@@ -322,14 +322,16 @@ def import_coco(
 
 
 def _import_image(
-    sink: ImportSink, path: Path, entry: CocoImage, annotations: list, include_crowd: bool,
+    sink: ImportSink, images: Path, entry: CocoImage, annotations: list, include_crowd: bool,
     crowd_is_encoding: bool, categories: dict[int, str], max_pixels: int,
 ) -> None:
-    """Decode one COCO image, convert its annotations and write the sample (runs inside ``sink.guard``)."""
+    """Decode one COCO image (a file inside ``images``), convert its annotations and write the sample (runs
+    inside ``sink.guard``)."""
+    path = images / entry.file_name
     key = key_from_path(entry.file_name)
     if sink.is_done(key):
         return
-    image = prepare_image(read_file(path), str(path), max_pixels)
+    image = prepare_image(read_file(path, inside=images), str(path), max_pixels)
     if (image.height, image.width) != (entry.height, entry.width):
         raise SkipSample(
             "size_mismatch",

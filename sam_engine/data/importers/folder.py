@@ -68,6 +68,6 @@ def import_folder(
             if sink.is_done(key):
                 continue
             with sink.guard(str(path)):
-                image = prepare_image(read_file(path), str(path), max_pixels)
+                image = prepare_image(read_file(path, inside=input_dir), str(path), max_pixels)
                 sink.write(key, image, make_record(key, image.width, image.height, relative.as_posix(), []))
     return sink.report

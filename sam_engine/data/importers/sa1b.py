@@ -141,7 +141,7 @@ def _directory_pairs(directory: Path, on_skip: OnSkip) -> Iterator[Pair]:
     for key, paths in files.items():
         source = str(paths.get("json") or next(iter(paths.values())))
         try:
-            parts = {key: {ext: read_file(path) for ext, path in paths.items()}}
+            parts = {key: {ext: read_file(path, inside=directory) for ext, path in paths.items()}}
             yield _pair_up(parts, key, source)
         except SkipSample as exc:
             on_skip(Skip(source, exc.kind, str(exc)))
