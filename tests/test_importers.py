@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import struct
 import subprocess
 import sys
@@ -497,6 +498,15 @@ def test_a_decompression_bomb_is_skipped_as_too_large_by_every_importer_and_name
                            f"out={tmp_path / 'overlay.png'}"], capture_output=True, text=True, timeout=120)
     assert done.returncode != 0 and f"{folder / 'bomb.png'}: Image size" in done.stderr
     assert "DecompressionBombError" not in done.stderr.splitlines()[-1]
+
+
+def test_folder_import_into_its_own_folder_is_refused(tmp_path):
+    (tmp_path / "a.png").write_bytes(image_bytes(random_pixels(4, 4)))
+    with pytest.raises(ValueError, match=f"out_dir={re.escape(str(tmp_path))} is the folder of input"):
+        import_folder(tmp_path, tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.png"]
+    report = import_folder(tmp_path, tmp_path / "shards")  # inside it: its own files are never read back
+    assert report.imported == 1 and import_folder(tmp_path, tmp_path / "shards").already_present == 1
 
 
 def test_folder_command_line_imports(tmp_path):

@@ -248,6 +248,22 @@ def test_missing_checkpoint_fails_before_any_output(pool, tmp_path):
     assert not (tmp_path / "out").exists()
 
 
+def test_output_in_the_inputs_folder_and_a_short_side_below_one_are_refused_before_any_work(
+        disk_export, pool, tmp_path):
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    (photos / "a.png").write_bytes(encode_image(np.zeros((8, 8, 3), np.uint8)))
+    tars = str(pool / "*.tar")
+    for source, output in ((pool, pool), (photos, photos), (tars, pool)):  # the last would overwrite its input
+        with pytest.raises(ValueError, match=f"output={re.escape(str(output))} is the folder of input"):
+            label_in_process(disk_export, source, output)
+    assert sorted(p.name for p in photos.iterdir()) == ["a.png"]
+    for bad in (0, -5):
+        with pytest.raises(ValueError, match=f"max_short_side={bad}: expected a positive number"):
+            label_in_process(disk_export, pool, tmp_path / "out", max_short_side=bad)
+    assert not (tmp_path / "out").exists()
+
+
 # --- killed and resumed -----------------------------------------------------------------------
 
 

@@ -32,6 +32,7 @@ from sam_engine.label.labeller import (
 )
 from sam_engine.model import load_model
 from sam_engine.utils.device import pick_device
+from sam_engine.utils.paths import check_output_is_not_input
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +48,7 @@ def array_task(task_index: int | None, num_tasks: int | None) -> tuple[int, int]
 
 def label(cfg: DictConfig) -> dict:
     """Label the input as ``cfg`` (the ``label`` config) says; returns the task's summary."""
+    check_output_is_not_input(cfg.input, cfg.output)
     shards = list_input_shards(cfg.input, cfg.images_per_shard)
     if cfg.verify:
         report = verify_output(shards, cfg.output)

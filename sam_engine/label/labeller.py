@@ -181,6 +181,9 @@ class Labeller:
 
     def __init__(self, generator: SamAutomaticMaskGenerator, output: str | Path, provenance: dict,
                  max_short_side: int | None = 1500, folder_root: Path | None = None):
+        if max_short_side is not None and (isinstance(max_short_side, bool) or not isinstance(max_short_side, int)
+                                           or max_short_side < 1):
+            raise ValueError(f"max_short_side={max_short_side!r}: expected a positive number of pixels, or null")
         self.generator = generator
         self.output = Path(output)
         self.provenance = provenance

@@ -24,6 +24,7 @@ from sam_engine.data.importers.base import (
     read_file,
 )
 from sam_engine.data.records import make_record
+from sam_engine.utils.paths import check_output_is_not_input
 
 log = logging.getLogger(__name__)
 
@@ -42,18 +43,19 @@ def import_folder(
 
     Arguments:
         input_dir: the folder.
-        out_dir: the shard directory (resumed if it has shards already); if it lies inside
-            ``input_dir``, its files are not imported.
+        out_dir: the shard directory (resumed if it has shards already), not ``input_dir`` itself; if it
+            lies inside ``input_dir``, its files are not imported.
         shard_size, prefix: see :class:`~sam_engine.data.importers.base.ImportSink`.
         max_pixels: larger images are skipped.
     Returns:
         The report (also in ``<out_dir>/import_report.json``).
     Raises:
-        NotADirectoryError: ``input_dir`` is not a directory.
+        NotADirectoryError: ``input_dir`` is not a directory; ValueError: ``out_dir`` is ``input_dir``.
     """
     input_dir = Path(input_dir)
     if not input_dir.is_dir():
         raise NotADirectoryError(f"{input_dir}: not a directory")
+    check_output_is_not_input(input_dir, out_dir, output_key="out_dir")
     output = Path(out_dir).resolve()
     files = sorted(p for p in input_dir.rglob("*") if p.is_file() and output not in p.resolve().parents)
     with ImportSink(out_dir, shard_size=shard_size, prefix=prefix) as sink:
