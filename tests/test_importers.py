@@ -268,6 +268,21 @@ def test_coco_file_names_read_only_regular_files_inside_the_images_folder(tmp_pa
     assert report.imported == 1 and sorted(read_samples(tmp_path / "out")) == ["good"]
 
 
+def test_coco_second_image_entry_of_an_id_is_skipped_and_its_annotations_stay_with_the_first(tmp_path):
+    images = tmp_path / "images"
+    images.mkdir()
+    for name in ("a.png", "b.png"):
+        (images / name).write_bytes(image_bytes(random_pixels(20, 30)))
+    entries = [{"id": 1, "file_name": "a.png", "height": 20, "width": 30},
+               {"id": 1, "file_name": "b.png", "height": 20, "width": 30}]
+    annotations = [{"id": 1, "image_id": 1, "segmentation": [[1, 1, 10, 1, 10, 10]]}]
+    (tmp_path / "coco.json").write_text(json.dumps({"images": entries, "annotations": annotations}))
+    report = import_coco(tmp_path / "coco.json", images, tmp_path / "out")
+    assert [(s.kind, "images[1]" in s.source) for s in report.skipped] == [("duplicate_image_id", True)]
+    samples = read_samples(tmp_path / "out")
+    assert sorted(samples) == ["a"] and len(samples["a"][1]["annotations"]) == 1
+
+
 def test_coco_rerun_resumes_without_duplicates(tmp_path, coco_dataset):
     annotations, images = coco_dataset
     import_coco(annotations, images, tmp_path / "out")

@@ -303,6 +303,8 @@ def import_coco(
             where = f"{annotations}: images[{i}]"
             try:
                 image = image_entry(entry, where)
+                if image.id in known:  # its annotations stay with the first entry of the id, as a COCO reader's
+                    raise SkipSample("duplicate_image_id", f"{where}: image id {image.id!r} appears twice")
             except SkipSample as exc:
                 sink.report.skip(where, exc.kind, str(exc))
                 continue
