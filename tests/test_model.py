@@ -51,6 +51,44 @@ def test_config_rejects_unknown_keys_and_bad_shapes():
         SamConfig(img_size=1000)
 
 
+@pytest.mark.parametrize(("key", "value", "message"), [
+    ("img_size", "256", "img_size '256' is not a positive integer"),
+    ("num_heads", 0, "num_heads 0 is not a positive integer"),
+    ("depth", True, "depth True is not a positive integer"),
+    ("global_attn_indexes", None, "global_attn_indexes None is not a list of integers"),
+    ("global_attn_indexes", ["2"], r"global_attn_indexes \['2'\] is not a list of integers"),
+    ("pixel_std", [58.4, 0.0, 57.4], "pixel_std .* is not three finite numbers, all positive"),
+    ("pixel_mean", [1.0, 2.0], "pixel_mean .* is not three finite numbers"),
+    ("mlp_ratio", float("nan"), "mlp_ratio nan is not a positive number"),
+    ("mask_threshold", "0", "mask_threshold '0' is not a finite number"),
+])
+def test_an_export_config_of_wrong_types_is_an_error_naming_the_file_and_the_field(tmp_path, key, value, message):
+    export_sam(build_sam("tiny"), tmp_path)
+    config = json.loads((tmp_path / "sam_config.json").read_text())
+    (tmp_path / "sam_config.json").write_text(json.dumps({**config, key: value}))
+    with pytest.raises(ValueError, match=f"sam_config.json: model config 'tiny': {message}"):
+        load_export(tmp_path)
+    (tmp_path / "sam_config.json").write_bytes(b"\xff\xfe{not utf-8")
+    with pytest.raises(ValueError, match="sam_config.json: not valid JSON"):
+        load_export(tmp_path)
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    (lambda w: w.long(), r"not floating point: mask_decoder.iou_token.weight: torch.int64"),
+    (lambda w: w.index_fill(0, torch.tensor([0]), float("nan")),
+     "NaN or infinite values: mask_decoder.iou_token.weight"),
+])
+def test_weights_not_floating_point_or_not_finite_are_refused_by_name(tmp_path, change, message):
+    state = build_sam("tiny").state_dict()
+    state["mask_decoder.iou_token.weight"] = change(state["mask_decoder.iou_token.weight"])
+    torch.save(state, tmp_path / "bad.pth")
+    with pytest.raises(CheckpointError, match=message):
+        build_sam("tiny", checkpoint=tmp_path / "bad.pth")
+    state = build_sam("tiny").state_dict()
+    torch.save({k: v.half() for k, v in state.items()}, tmp_path / "half.pth")  # another precision loads
+    assert build_sam("tiny", checkpoint=tmp_path / "half.pth").mask_decoder.iou_token.weight.dtype == torch.float32
+
+
 def test_checkpoint_round_trip_is_strict_and_exact(tmp_path):
     model = randomize(build_sam("tiny"), seed=1)
     export_sam(model, tmp_path)

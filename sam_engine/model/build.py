@@ -128,16 +128,23 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
 
 
 def _mismatches(expected: Mapping[str, torch.Tensor], state: Mapping[str, torch.Tensor]) -> list[str]:
-    """Lines naming the missing keys, unexpected keys and shape mismatches (at most 5 of each)."""
+    """Lines naming the missing keys, unexpected keys, shape mismatches, weights that are not floating point
+    where the model's are (int64 weights would load as garbage) and weights holding NaN or infinity (at most
+    5 of each). Floating weights of another precision (fp16, bf16) are fine: they load converted."""
     missing = sorted(set(expected) - set(state))
     extra = sorted(set(state) - set(expected))
+    shared = [k for k in expected if k in state]
     wrong_shape = [
-        f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(v.shape)}"
-        for k, v in expected.items()
-        if k in state and state[k].shape != v.shape
+        f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(expected[k].shape)}"
+        for k in shared if state[k].shape != expected[k].shape
     ]
+    floating = [k for k in shared if expected[k].is_floating_point()]
+    wrong_dtype = [f"{k}: {state[k].dtype}" for k in floating if not state[k].is_floating_point()]
+    non_finite = [k for k in floating if state[k].is_floating_point() and not torch.isfinite(state[k]).all()]
     lines = []
-    for title, items in (("missing keys", missing), ("unexpected keys", extra), ("shape mismatches", wrong_shape)):
+    for title, items in (("missing keys", missing), ("unexpected keys", extra), ("shape mismatches", wrong_shape),
+                         ("not floating point", wrong_dtype),
+                         ("NaN or infinite values", non_finite)):
         if items:
             shown = ", ".join(items[:5]) + (f", ... ({len(items)} in all)" if len(items) > 5 else "")
             lines.append(f"{title}: {shown}")

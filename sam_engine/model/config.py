@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from importlib import resources
@@ -56,6 +57,9 @@ class SamConfig:
     mask_threshold: float = 0.0
 
     def __post_init__(self) -> None:
+        type_problems = self._type_problems()
+        if type_problems:  # before any arithmetic on them ("256" % 16, a division by num_heads 0)
+            raise ValueError(f"model config '{self.name}': " + "; ".join(type_problems))
         # Lists from YAML/JSON become tuples so that configs compare and hash as values.
         for name in ("global_attn_indexes", "pixel_mean", "pixel_std"):
             object.__setattr__(self, name, tuple(getattr(self, name)))
@@ -73,6 +77,38 @@ class SamConfig:
             )
         if problems:
             raise ValueError(f"model config '{self.name}': " + "; ".join(problems))
+
+    def _type_problems(self) -> list[str]:
+        """Each field of a wrong type or out of range, named: sizes and counts are positive integers (the
+        mask threshold any finite number), ``global_attn_indexes`` a list of integers, ``pixel_mean`` and
+        ``pixel_std`` three finite numbers (the std positive)."""
+        def is_int(value) -> bool:
+            return isinstance(value, int) and not isinstance(value, bool)
+
+        def is_number(value) -> bool:
+            return (is_int(value) or isinstance(value, float)) and math.isfinite(value)
+
+        problems = []
+        if not isinstance(self.name, str):
+            problems.append(f"name {self.name!r} is not a string")
+        for field in dataclasses.fields(self):
+            value = getattr(self, field.name)
+            if field.type == "int" and not (is_int(value) and value > 0):
+                problems.append(f"{field.name} {value!r} is not a positive integer")
+            elif field.type == "float" and field.name != "mask_threshold" and not (is_number(value) and value > 0):
+                problems.append(f"{field.name} {value!r} is not a positive number")
+            elif field.name == "mask_threshold" and not is_number(value):
+                problems.append(f"mask_threshold {value!r} is not a finite number")
+        indexes = self.global_attn_indexes
+        if not isinstance(indexes, (list, tuple)) or not all(is_int(i) for i in indexes):
+            problems.append(f"global_attn_indexes {indexes!r} is not a list of integers")
+        for name in ("pixel_mean", "pixel_std"):
+            value = getattr(self, name)
+            ok = isinstance(value, (list, tuple)) and len(value) == 3 and all(is_number(v) for v in value)
+            if not ok or (name == "pixel_std" and min(value) <= 0):
+                positive = ", all positive" if name == "pixel_std" else ""
+                problems.append(f"{name} {value!r} is not three finite numbers{positive}")
+        return problems
 
     @property
     def embedding_size(self) -> int:
@@ -101,7 +137,10 @@ class SamConfig:
         unknown = sorted(set(values) - known)
         if unknown:
             raise ValueError(f"{source}: unknown key(s) {unknown}; known keys are {sorted(known)}")
-        return cls(**dict(values))
+        try:
+            return cls(**dict(values))
+        except ValueError as exc:
+            raise ValueError(f"{source}: {exc}") from exc
 
 
 def variant_names() -> list[str]:
