@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from sam_engine.utils.visualize import overlay_masks
@@ -35,6 +36,16 @@ def test_predict_on_an_image_file_with_points(tmp_path):
     with Image.open(out) as png:
         assert png.size == (160, 90)
     assert "2 masks" in result.stdout
+
+
+@pytest.mark.parametrize("points", ["[[500,5]]", "[[-1e6,-1e6]]"])
+def test_a_point_outside_the_image_is_refused_by_the_command(tmp_path, points):
+    image = tmp_path / "photo.png"
+    Image.fromarray(np.zeros((96, 160, 3), np.uint8)).save(image)
+    result = run_predict(f"image={image}", f"points={points}", f"out={tmp_path / 'o.png'}",
+                         f"hydra.run.dir={tmp_path}/h")
+    assert result.returncode != 0 and "lies outside the 160x96 image" in result.stderr
+    assert not (tmp_path / "o.png").exists()
 
 
 def test_help_and_wrong_model_name():

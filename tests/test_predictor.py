@@ -67,6 +67,9 @@ def test_gray_image_gives_same_masks_as_its_rgb_copy(predictor):
         (dict(box=np.array([10.0, 10.0, 100.0, 700.0])), "outside the 512x600 image"),
         (dict(box=np.array([10.0, 10.0, 100.0])), "4 numbers"),
         (dict(mask_input=np.zeros((1, 32, 32), np.float32)), r"mask_input must be B x 1 x 64 x 64"),
+        (dict(mask_input=np.full((1, 64, 64), np.nan, np.float32)), "mask_input holds NaN, infinite or implausible"),
+        (dict(mask_input=np.full((1, 64, 64), np.inf, np.float32)), "mask_input holds NaN, infinite or implausible"),
+        (dict(mask_input=np.full((1, 64, 64), 1e30, np.float32)), "mask_input holds NaN, infinite or implausible"),
     ],
 )
 def test_bad_prompts_are_refused(predictor, kwargs, message):
@@ -77,6 +80,31 @@ def test_bad_prompts_are_refused(predictor, kwargs, message):
 def test_predict_before_set_image_is_an_error(predictor):
     fresh = SamPredictor(predictor.model)
     with pytest.raises(RuntimeError, match="set_image"):
+        fresh.predict(point_coords=np.array([[1.0, 1.0]]), point_labels=np.array([1]))
+
+
+@pytest.mark.parametrize(("points", "boxes", "message"), [
+    ([[[500.0, 5.0]]], None, "a point lies outside the model's 128 x 128 input frame"),
+    ([[[-1e6, -1e6]]], None, "a point lies outside"),
+    ([[[float("nan"), 5.0]]], None, "a point lies outside"),
+    (None, [[0.0, 0.0, 10.0, 1e9]], "a box lies outside"),
+])
+def test_prompts_in_the_input_frame_are_checked_by_the_batched_calls_too(predictor, points, boxes, message):
+    labels = None if points is None else torch.ones(1, 1, dtype=torch.int)
+    with pytest.raises(ValueError, match=message):
+        predictor.predict_torch(None if points is None else torch.tensor(points), labels,
+                                None if boxes is None else torch.tensor(boxes))
+    padded = torch.tensor([[[10.0, 10.0], [0.0, 0.0]]]), torch.tensor([[1, -1]])  # padding: label -1
+    assert predictor.predict_torch(*padded)[1].isfinite().all()
+
+
+def test_a_failed_set_image_forgets_the_previous_image():
+    ours, _ = model_pair("tiny", seed=7)
+    fresh = SamPredictor(ours)
+    fresh.set_image(photograph())
+    with pytest.raises(ValueError):
+        fresh.set_image(np.zeros((0, 5, 3), np.uint8))
+    with pytest.raises(RuntimeError, match="set_image"):  # not the previous photograph's masks
         fresh.predict(point_coords=np.array([[1.0, 1.0]]), point_labels=np.array([1]))
 
 

@@ -60,6 +60,7 @@ def predict(cfg: DictConfig) -> None:
 
     predictor = SamPredictor(model, precision=cfg.precision)
     predictor.set_image(image)
+    predictor.check_points(points, np.ones(len(points)))  # inside the image, finite: named if not
     coords = predictor.transform_coords(points)
     labels = torch.ones(len(points), 1, dtype=torch.int, device=model.device)
     masks, scores, _ = predictor.predict_torch(coords[:, None], labels, multimask_output=True)

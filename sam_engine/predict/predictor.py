@@ -24,6 +24,9 @@ from sam_engine.transforms import resize_image, scale_coords
 PRECISIONS = ("auto", "fp32", "bf16")
 
 
+MAX_MASK_LOGIT = 1e4
+"""Mask prompts are a previous call's low-res logits (tens at most); beyond this they overflow the decoder."""
+
 def as_rgb_uint8(image: np.ndarray, image_format: str = "RGB") -> np.ndarray:
     """Check an image and convert it to H x W x 3 uint8 RGB (conversions in the module docstring)."""
     if not isinstance(image, np.ndarray):
@@ -85,7 +88,9 @@ class SamPredictor:
         self.input_size: tuple[int, int] | None = None
 
     def set_image(self, image: np.ndarray, image_format: str = "RGB") -> None:
-        """Encode an H x W x 3 uint8 image (conversions in the module docstring)."""
+        """Encode an H x W x 3 uint8 image (conversions in the module docstring). The previous image is
+        forgotten first: after a failed call no prediction answers for it."""
+        self.reset_image()
         image = as_rgb_uint8(image, image_format)
         resized = resize_image(image, self.model.img_size)
         tensor = torch.as_tensor(resized, device=self.device).permute(2, 0, 1).contiguous()[None]
@@ -94,11 +99,11 @@ class SamPredictor:
     @torch.no_grad()
     def set_torch_image(self, transformed_image: torch.Tensor, original_image_size: tuple[int, ...]) -> None:
         """Encode an already resized image: 1 x 3 x h x w, longest side == img_size, values 0..255."""
+        self.reset_image()
         size = self.model.img_size
         shape = tuple(transformed_image.shape)
         if len(shape) != 4 or shape[:2] != (1, 3) or max(shape[2:]) != size:
             raise ValueError(f"set_torch_image expects 1 x 3 x h x w with longest side {size}, got {shape}")
-        self.reset_image()
         self.original_size = (int(original_image_size[0]), int(original_image_size[1]))
         self.input_size = (int(transformed_image.shape[2]), int(transformed_image.shape[3]))
         with self._autocast():
@@ -116,8 +121,8 @@ class SamPredictor:
         if not self.is_image_set:
             raise RuntimeError("An image must be set with .set_image(...) before mask prediction.")
 
-    def _check_points(self, point_coords: np.ndarray, point_labels: np.ndarray | None) -> None:
-        """Points must be N x 2 inside the image, with N labels in {0, 1}."""
+    def check_points(self, point_coords: np.ndarray, point_labels: np.ndarray | None) -> None:
+        """Points must be N x 2 inside the image (pixels of the original image), with N labels in {0, 1}."""
         if point_labels is None:
             raise ValueError("point_labels must be supplied if point_coords is supplied")
         coords, labels = np.asarray(point_coords), np.asarray(point_labels)
@@ -170,7 +175,7 @@ class SamPredictor:
             raise ValueError("no prompt given: pass point_coords/point_labels, box, or mask_input")
         coords_t = labels_t = box_t = mask_t = None
         if point_coords is not None:
-            self._check_points(point_coords, point_labels)
+            self.check_points(point_coords, point_labels)
             coords_t = self.transform_coords(np.asarray(point_coords))[None]
             labels_t = torch.as_tensor(np.asarray(point_labels), dtype=torch.int, device=self.device)[None]
         elif point_labels is not None:
@@ -227,12 +232,30 @@ class SamPredictor:
             raise ValueError("no prompt given: pass point_coords/point_labels, boxes, or mask_input")
         if (point_coords is None) != (point_labels is None):
             raise ValueError("point_coords and point_labels must be given together")
+        self._check_frame(point_coords, point_labels, boxes, mask_input)
         points = None if point_coords is None else (point_coords, point_labels)
         with self._autocast():
             low_res, scores = self.model.predict_masks(
                 self.features, points=points, boxes=boxes, mask_inputs=mask_input, multimask_output=multimask_output
             )
         return low_res.float(), scores.float()
+
+    def _check_frame(self, point_coords: torch.Tensor | None, point_labels: torch.Tensor | None,
+                     boxes: torch.Tensor | None, mask_input: torch.Tensor | None) -> None:
+        """Prompts in the model's input frame: points (but padding, label -1) and boxes finite and inside
+        [0, img_size], mask logits within +-MAX_MASK_LOGIT; anything else would give NaN scores or empty masks
+        silently."""
+        size = self.model.img_size
+        if point_coords is not None:
+            real = point_labels[..., None] != -1
+            inside = torch.isfinite(point_coords) & (point_coords >= 0) & (point_coords <= size)
+            if not (inside | ~real).all():
+                raise ValueError(f"a point lies outside the model's {size} x {size} input frame or is not finite "
+                                 "(transform_coords maps pixels of the image into it)")
+        if boxes is not None and not (torch.isfinite(boxes) & (boxes >= 0) & (boxes <= size)).all():
+            raise ValueError(f"a box lies outside the model's {size} x {size} input frame or is not finite")
+        if mask_input is not None and not (mask_input.abs() <= MAX_MASK_LOGIT).all():  # NaN fails too
+            raise ValueError(f"mask_input holds NaN, infinite or implausible logits (beyond +-{MAX_MASK_LOGIT:g})")
 
     @torch.no_grad()
     def predict_confident_masks(
