@@ -112,6 +112,18 @@ def test_masks_are_filtered_by_area_and_sampled_up_to_the_limit(tmp_path):
     assert batch.num_masks.tolist() == [6]  # the huge one is back; the empty one never is
 
 
+def test_a_real_mask_whose_area_field_says_0_is_kept(tmp_path):
+    rng = np.random.default_rng(3)
+    pixels = rng.integers(0, 256, (24, 32, 3), dtype=np.uint8)
+    masks = random_masks(2, 24, 32, rng)
+    record = make_record("a", 32, 24, "a.png", make_annotations(masks))
+    record["annotations"][1]["area"] = 0  # wrong: the RLE holds pixels
+    with ShardWriter(tmp_path) as writer:
+        writer.write("a", encode_image(pixels), "png", record)
+    [batch] = _read_all(tmp_path)
+    np.testing.assert_array_equal(batch.masks[0, :, :24].numpy(), masks)
+
+
 def test_an_image_left_without_masks_is_a_valid_example(tmp_path):
     pixels = np.zeros((24, 32, 3), np.uint8)
     _write_samples(

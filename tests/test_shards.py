@@ -4,6 +4,7 @@ import hashlib
 import json
 import multiprocessing
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -205,11 +206,10 @@ def test_list_shards_accepts_directories_patterns_files_and_lists(tmp_path):
     a = [str(tmp_path / "a" / f"shard-00000{i}.tar") for i in range(3)]
     assert list_shards(tmp_path / "a") == a
     assert list_shards(str(tmp_path / "a" / "shard-{000000..000002}.tar")) == a
-    assert list_shards([tmp_path / "a", a[0], tmp_path / "b"]) == [
-        *a,
-        a[0],
-        str(tmp_path / "b" / "shard-000000.tar"),
-    ]
+    b = str(tmp_path / "b" / "shard-000000.tar")
+    # A shard named twice, however it is named, is read once (the first time).
+    twice = str(tmp_path / "a" / ".." / "a" / "shard-000000.tar")
+    assert list_shards([tmp_path / "a", a[0], twice, tmp_path / "b", b]) == [*a, b]
     assert shard_sample_counts(a) == [1, 1, 1]
 
 
@@ -225,6 +225,16 @@ def test_list_shards_errors_name_the_source(tmp_path):
         list_shards(str(tmp_path / "s-{0..1}.tar"))
     with pytest.raises(FileNotFoundError, match="nowhere"):
         list_shards(tmp_path / "nowhere")
+
+
+@pytest.mark.parametrize("name", ["../x.tar", "/etc/passwd", "sub/shard.tar", "..\\x.tar", "notes.txt", ".tar"])
+def test_a_manifest_entry_out_of_its_directory_is_an_error_naming_it(tmp_path, name):
+    write_shard_set(tmp_path / "a", [1])
+    manifest = json.loads((tmp_path / "a" / MANIFEST).read_text())
+    manifest["shards"][name] = next(iter(manifest["shards"].values()))
+    (tmp_path / "a" / MANIFEST).write_text(json.dumps(manifest))
+    with pytest.raises(ValueError, match=f"manifest.json: shard {re.escape(repr(name))} is not a .tar file name"):
+        list_shards(tmp_path / "a")
 
 
 def test_counts_come_from_tar_headers_without_a_manifest(tmp_path):

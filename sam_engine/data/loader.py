@@ -421,19 +421,30 @@ class SampleDecoder:
         self, annotations: list[dict], original: tuple[int, int], rng: np.random.Generator
     ) -> list[dict]:
         """Segmentations of up to ``max_masks_per_image`` annotations, chosen by their ``area``
-        field before any decoding: empty masks and masks over ``max_mask_fraction`` are dropped. The
-        chosen RLEs' own areas (pycocotools, no decoding) then drop masks whose field lied."""
+        field before any decoding: empty masks and masks over ``max_mask_fraction`` are dropped. A field
+        of 0 is checked against the RLE itself (a wrong 0 would drop a real mask); the chosen RLEs' own
+        areas (pycocotools, no decoding) then drop masks whose field lied the other way."""
         areas = np.array([a["area"] for a in annotations], dtype=np.float64)
+        said_empty = np.flatnonzero(areas <= 0)
+        if len(said_empty):
+            areas[said_empty] = mask_areas(self._checked([annotations[i]["segmentation"] for i in said_empty],
+                                                         original))
         limit = self.max_mask_fraction * original[0] * original[1]
         candidates = np.flatnonzero((areas > 0) & (areas <= limit))
         if len(candidates) > self.max_masks_per_image:
             candidates = rng.choice(candidates, self.max_masks_per_image, replace=False)
-        chosen = [annotations[i]["segmentation"] for i in candidates]
-        for rle in chosen:  # before any decoding: pycocotools would write past its buffer
+        chosen = self._checked([annotations[i]["segmentation"] for i in candidates], original)
+        return [rle for rle, area in zip(chosen, mask_areas(chosen), strict=True) if area > 0]
+
+    @staticmethod
+    def _checked(rles: list[dict], original: tuple[int, int]) -> list[dict]:
+        """The RLEs, each checked to fit ``original`` before pycocotools reads it (it would write past its
+        buffer); a bad one raises ValueError naming the problem."""
+        for rle in rles:
             problem = rle_problem(rle, *original)
             if problem is not None:
                 raise ValueError(problem[1])
-        return [rle for rle, area in zip(chosen, mask_areas(chosen), strict=True) if area > 0]
+        return rles
 
 
 def _sample_rng(seed: int, epoch: int, key: str) -> np.random.Generator:

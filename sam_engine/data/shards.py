@@ -31,6 +31,7 @@ import glob
 import hashlib
 import io
 import json
+import logging
 import os
 import re
 import tarfile
@@ -44,6 +45,8 @@ from sam_engine.data.images import image_size
 from sam_engine.data.records import RecordError, validate_record
 from sam_engine.utils.atomic_files import write_json_atomic
 from sam_engine.utils.json_input import parse_json
+
+log = logging.getLogger(__name__)
 
 MANIFEST = "manifest.json"
 MANIFEST_FORMAT = "sam_engine.shards/1"
@@ -88,6 +91,9 @@ def read_manifest(directory: str | Path) -> dict:
         raise ValueError(f"{path}: unreadable manifest: {exc}") from exc
     if not isinstance(manifest, dict) or not isinstance(manifest.get("shards"), dict):
         raise ValueError(f"{path}: expected an object with a 'shards' mapping")
+    for name in manifest["shards"]:  # a name is a file of this directory: never ../x or /etc/passwd
+        if not name.endswith(".tar") or name != os.path.basename(name) or "\\" in name or name.startswith("."):
+            raise ValueError(f"{path}: shard {name!r} is not a .tar file name of this directory")
     return manifest
 
 
@@ -195,6 +201,20 @@ def _directory_shards(directory: str) -> list[str]:
     return [os.path.join(directory, name) for name in names]
 
 
+def _deduplicated(urls: list[str]) -> list[str]:
+    """``urls`` without repeats (local paths compared once resolved), first occurrence kept, the repeats
+    logged."""
+    seen, kept = set(), []
+    for url in urls:
+        identity = url if _is_remote(url) else os.path.realpath(url)
+        if identity in seen:
+            log.warning("%s: listed again by the sources; read once", url)
+            continue
+        seen.add(identity)
+        kept.append(url)
+    return kept
+
+
 def list_shards(source: str | Path | Sequence[str | Path]) -> list[str]:
     """Shard URLs of a source.
 
@@ -208,7 +228,7 @@ def list_shards(source: str | Path | Sequence[str | Path]) -> list[str]:
         FileNotFoundError / ValueError: naming the directory or pattern.
     """
     if isinstance(source, Sequence) and not isinstance(source, str):  # list, tuple, OmegaConf ListConfig
-        return [url for item in source for url in list_shards(item)]
+        return _deduplicated([url for item in source for url in list_shards(item)])  # a shard named twice: once
     source = str(source)
     if os.path.isdir(source):
         return _directory_shards(source)
