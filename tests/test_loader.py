@@ -202,7 +202,7 @@ def _bad_shard(path: Path) -> tuple[list[str], list[str]]:
     for key in ["good0", "twice", "area0", "good1"]:
         data, record, _ = make_sample(key)
         if key == "area0":
-            record["annotations"][0]["area"] = 0  # the reader drops that mask, keeps the sample
+            record["annotations"][0]["area"] = 0  # a wrong field: the reader counts the RLE instead
         add(key, True, (f"{key}.png", data), (f"{key}.json", _json(record)))
         if key == "twice":  # the same key again, right after: a duplicate
             add("twice", False, ("twice.png", data), ("twice.json", _json(record)))
@@ -252,7 +252,7 @@ def test_each_kind_of_bad_sample_is_skipped_named_and_counted(tmp_path, caplog):
     assert keys[: len(good)] == good and keys[len(good)] == "shard0_0"  # the truncated tar's first sample
     assert len(keys) == len(good) + 1
     area0 = batches[0].keys.index("area0")
-    assert batches[0].num_masks[area0] == 2  # of 3: the area-0 mask was dropped
+    assert batches[0].num_masks[area0] == 3  # the mask whose field said 0 is real: kept
 
     skipped = [r.getMessage() for r in caplog.records if "skipping bad sample" in r.getMessage()]
     assert (
