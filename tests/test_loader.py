@@ -367,7 +367,10 @@ def test_validation_gives_every_rank_the_same_steps_and_covers_every_sample(
 
 
 def test_worker_batches_equal_in_process_batches(uneven):
+    """Workers start from a fork server (never a fork of the threaded trainer) and read what one process reads."""
     directory, _ = uneven
+    assert make_loader(make_dataset(directory, img_size=32, batch_size=3), num_workers=2).multiprocessing_context \
+        .get_start_method() == "forkserver"
     in_process, workers = (_read_all(directory, n, batch_size=3, max_masks_per_image=2) for n in (0, 2))
     assert len(in_process) == len(workers) == 5
     for a, b in zip(in_process, workers, strict=True):

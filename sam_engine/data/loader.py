@@ -650,7 +650,10 @@ def make_dataset(
 def make_loader(dataset: ShardDataset, *, num_workers: int = 0, pin_memory: bool = False) -> DataLoader:
     """A DataLoader over a :class:`ShardDataset` (which batches itself).
 
-    Workers are persistent so that each keeps its epoch counter (new shard draws every epoch).
+    Workers are persistent so that each keeps its epoch counter (new shard draws every epoch). They start
+    from a fork server, not by forking this process: a process forked while another of its threads (torch's,
+    gloo's, wandb's) holds a lock can hang forever inside ``Popen._launch``, and the DDP ranks waiting for its
+    batches with it.
     """
     return DataLoader(
         dataset,
@@ -658,4 +661,5 @@ def make_loader(dataset: ShardDataset, *, num_workers: int = 0, pin_memory: bool
         num_workers=num_workers,
         persistent_workers=num_workers > 0,
         pin_memory=pin_memory,
+        multiprocessing_context="forkserver" if num_workers > 0 else None,
     )
