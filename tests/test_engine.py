@@ -207,6 +207,18 @@ def test_the_engine_command_takes_data_folder_for_the_photo_group(tmp_path):
     assert config["data"]["photos"] == "${data.root}/photos" and config["data"]["pool3"] == "${data.photos}"
 
 
+@pytest.mark.parametrize(("override", "message"), [
+    ("stage1.rounds=abc", "stage1.rounds='abc': expected an integer >= 0"),
+    ("stage2.images_per_round=0", "stage2.images_per_round=0: expected an integer >= 1"),
+    ("annotator.accept_iou=1.5", r"annotator.accept_iou=1.5: expected a number in \[0, 1\]"),
+    ("logger.wandb=maybe", "logger.wandb='maybe': expected true or false"),
+])
+def test_a_wrong_value_is_refused_by_key_before_the_run_records_its_config(tmp_path, override, message):
+    with pytest.raises(ValueError, match=message):
+        run(tmp_path, override)
+    assert not (tmp_path / "run" / "engine_config.json").exists()  # the corrected rerun is not refused
+
+
 def _small_pool(tmp_path: Path) -> Path:
     from sam_engine.data.synthetic.dataset import ensure_synthetic_dataset
 

@@ -524,6 +524,15 @@ def test_folder_import_into_its_own_folder_is_refused(tmp_path):
     assert report.imported == 1 and import_folder(tmp_path, tmp_path / "shards").already_present == 1
 
 
+@pytest.mark.parametrize(("override", "message"), [("shard_size=abc", "shard_size='abc': expected an integer >= 1"),
+                                                   ("max_pixels=0", "max_pixels=0: expected an integer >= 1")])
+def test_an_importer_refuses_a_wrong_size_by_key(tmp_path, override, message):
+    (tmp_path / "in").mkdir()
+    result = subprocess.run([sys.executable, "-m", "sam_engine.data.importers", "folder", "input=in", "out_dir=out",
+                             override], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert result.returncode != 0 and message in result.stderr and not (tmp_path / "out").exists()
+
+
 def test_folder_command_line_imports(tmp_path):
     (tmp_path / "in").mkdir()
     (tmp_path / "in" / "a.png").write_bytes(image_bytes(random_pixels(3, 3)))

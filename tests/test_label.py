@@ -261,6 +261,8 @@ def test_output_in_the_inputs_folder_and_a_short_side_below_one_are_refused_befo
     for bad in (0, -5):
         with pytest.raises(ValueError, match=f"max_short_side={bad}: expected a positive number"):
             label_in_process(disk_export, pool, tmp_path / "out", max_short_side=bad)
+    with pytest.raises(ValueError, match="images_per_shard=0: expected an integer >= 1"):
+        label_in_process(disk_export, photos, tmp_path / "out", images_per_shard=0)
     assert not (tmp_path / "out").exists()
 
 

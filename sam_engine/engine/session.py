@@ -11,6 +11,7 @@ from sam_engine.engine.dashboard import NullDashboard, WandbDashboard, write_eng
 from sam_engine.engine.run import ENGINE_GROUPS, DataEngine
 from sam_engine.engine.steps import EnginePaused, Steps, record_run_config
 from sam_engine.stages import FINAL_STEP, SEED_STEP, STAGES
+from sam_engine.utils.config_checks import check_values
 
 log = logging.getLogger(__name__)
 
@@ -19,12 +20,28 @@ UNCLAIMED_KEYS = ("logger",)
 """Config keys that do not change what the steps write: a rerun may change them."""
 
 
+def check_engine_config(cfg: DictConfig) -> None:
+    """The engine's own counts, rates and switches, checked before the run records its config (a bad value
+    recorded would refuse the corrected rerun). Raises ValueError naming the key."""
+    rounds = {f"stage{s}.{key}": least for s in (1, 2) for key, least in
+              (("rounds", 0), ("images_per_round", 1), ("train_steps", 1))}
+    check_values(
+        cfg,
+        integers={"seed": 0, "seed_training.max_steps": 1, "seed_training.prompt_warmup_steps": 0, **rounds,
+                  "stage3.train_steps": 1, "annotator.max_clicks": 1, "annotator.patience": 1},
+        numbers={"retrain_lr": (1e-12, 10.0), "annotator.accept_iou": (0.0, 1.0), "stage2.cover_iou": (0.0, 1.0),
+                 "annotator.move_on_seconds": (0.0, 1e9)},
+        booleans=("logger.wandb",),
+    )
+
+
 def run_engine(cfg: DictConfig, stages: tuple[int, ...] = ALL_STEPS) -> list[dict] | None:
     """Run (or resume) the ``stages`` of the engine run ``cfg.run_dir``; returns the metrics rows of their
     steps, or None when the engine paused for people (the log says what they have to do).
 
     The summary files are rewritten after each invocation, with every step of the run finished so far.
     """
+    check_engine_config(cfg)
     run_dir = Path(cfg.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     config = {key: OmegaConf.to_container(cfg[key], resolve=key not in ENGINE_GROUPS)

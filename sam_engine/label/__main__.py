@@ -31,6 +31,7 @@ from sam_engine.label.labeller import (
     write_task_summary,
 )
 from sam_engine.model import load_model
+from sam_engine.utils.config_checks import check_values
 from sam_engine.utils.device import pick_device
 from sam_engine.utils.paths import check_output_is_not_input
 
@@ -48,6 +49,7 @@ def array_task(task_index: int | None, num_tasks: int | None) -> tuple[int, int]
 
 def label(cfg: DictConfig) -> dict:
     """Label the input as ``cfg`` (the ``label`` config) says; returns the task's summary."""
+    check_values(cfg, integers={"images_per_shard": 1}, booleans=("progress", "verify"))
     check_output_is_not_input(cfg.input, cfg.output)
     shards = list_input_shards(cfg.input, cfg.images_per_shard)
     if cfg.verify:

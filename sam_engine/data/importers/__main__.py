@@ -17,6 +17,7 @@ from sam_engine.cli import run_subcommand
 from sam_engine.data.importers.coco import import_coco
 from sam_engine.data.importers.folder import import_folder
 from sam_engine.data.importers.sa1b import import_sa1b
+from sam_engine.utils.config_checks import check_values
 
 USAGE = """usage: sam-import {coco,sa1b,folder} key=value ...   (or python -m sam_engine.data.importers ...)
 
@@ -25,19 +26,26 @@ or a folder of unlabelled photos (folder). `sam-import FORMAT --help` lists a fo
 """
 
 
+SIZES = {"shard_size": 1, "max_pixels": 1}
+"""What every importer's config counts."""
+
+
 def coco(cfg: DictConfig) -> None:
+    check_values(cfg, integers=SIZES)
     report = import_coco(cfg.annotations, cfg.images, cfg.out_dir, crowd=cfg.crowd, shard_size=cfg.shard_size,
                          prefix=cfg.prefix, max_pixels=cfg.max_pixels)
     print(report.summary())
 
 
 def sa1b(cfg: DictConfig) -> None:
+    check_values(cfg, integers=SIZES)
     inputs = cfg.input if isinstance(cfg.input, str) else list(cfg.input)
     report = import_sa1b(inputs, cfg.out_dir, shard_size=cfg.shard_size, prefix=cfg.prefix, max_pixels=cfg.max_pixels)
     print(report.summary())
 
 
 def folder(cfg: DictConfig) -> None:
+    check_values(cfg, integers=SIZES)
     report = import_folder(cfg.input, cfg.out_dir, shard_size=cfg.shard_size, prefix=cfg.prefix,
                            max_pixels=cfg.max_pixels)
     print(report.summary())
