@@ -98,6 +98,13 @@ def test_degenerate_and_unusual_images(models, thresholds, shape):
     annotations = generator.generate(image, provenance={"source": "auto", "stage": 3})
     validate_record(make_record("x", shape[1], shape[0], "x.png", annotations))
     assert all(a["source"] == "auto" and a["stage"] == 3 for a in annotations)
+    counts = [a["segmentation"]["counts"] for a in annotations]
+    assert len(set(counts)) == len(counts)  # no mask twice: zero-area boxes of one-pixel-high masks too
+
+
+def test_one_pixel_images_give_one_mask_not_one_per_grid_point(models):
+    generator = SamAutomaticMaskGenerator(models[0], points_per_side=8, pred_iou_thresh=0, stability_score_thresh=0)
+    assert len(generator.generate(np.full((1, 1, 3), 128, np.uint8))) <= 1  # it gave 64 identical masks
 
 
 @pytest.mark.parametrize(

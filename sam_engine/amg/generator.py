@@ -103,8 +103,17 @@ class Proposals:
 
 
 def _nms(boxes: torch.Tensor, scores: torch.Tensor, threshold: float) -> torch.Tensor:
-    """Indices kept by box NMS, by decreasing score (the official call, so ties break the same way)."""
-    return batched_nms(boxes.float(), scores, torch.zeros(len(boxes), device=boxes.device), threshold)
+    """Indices kept by box NMS, by decreasing score (the official call, so ties break the same way).
+
+    Boxes are SAM's inclusive XYXY (N x 4), so a mask one pixel wide or high has a box of zero area, whose
+    IoU with its own copy is 0 / 0 for torchvision: on a 1 x 1 or a one-row image every grid point's mask
+    survived. Such boxes are widened by one pixel; every other box is the official one, so the generators'
+    masks stay the same on ordinary images.
+    """
+    boxes = boxes.float()
+    flat = (boxes[:, 2:] == boxes[:, :2]).any(1, keepdim=True)
+    boxes = torch.where(flat, boxes + torch.tensor([0.0, 0.0, 1.0, 1.0], device=boxes.device), boxes)
+    return batched_nms(boxes, scores, torch.zeros(len(boxes), device=boxes.device), threshold)
 
 
 class SamAutomaticMaskGenerator:
