@@ -45,7 +45,7 @@ def test_a_step_does_not_depend_on_the_number_of_processes(tmp_path, synthetic_s
 def test_two_process_ddp_writes_one_checkpoint_one_export_and_metrics(ddp_run):
     run_dir, output = ddp_run
     assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["last.ckpt"]
-    assert sorted(p.name for p in (run_dir / "export").iterdir()) == ["sam.pth", "sam_config.json"]
+    assert sorted(p.name for p in (run_dir / "export").iterdir()) == ["sam.pth", "sam.pth.sha256", "sam_config.json"]
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["steps"] == 4 and 0.0 <= metrics["final"]["val/miou_1pt"] <= 1.0
     assert "Initializing distributed: GLOBAL_RANK: 1, MEMBER: 2/2" in output

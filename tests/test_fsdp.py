@@ -113,7 +113,7 @@ def test_fsdp_config_wraps_and_can_checkpoint_each_encoder_block():
 def test_fsdp_trains_checkpoints_and_exports_as_ddp_does(runs):
     fsdp, ddp = runs["fsdp"], runs["ddp"]
     assert sorted(p.name for p in (fsdp / "checkpoints").iterdir()) == ["last.ckpt"]
-    assert sorted(p.name for p in (fsdp / "export").iterdir()) == ["sam.pth", "sam_config.json"]
+    assert sorted(p.name for p in (fsdp / "export").iterdir()) == ["sam.pth", "sam.pth.sha256", "sam_config.json"]
     metrics = json.loads((fsdp / "metrics.json").read_text())
     assert metrics["steps"] == 4 and 0.0 <= metrics["final"]["val/miou_1pt"] <= 1.0
 

@@ -105,6 +105,19 @@ def test_checkpoint_round_trip_is_strict_and_exact(tmp_path):
     assert not list(tmp_path.glob(".*tmp*")), "no temporary file left behind"
 
 
+def test_an_export_whose_weights_changed_since_is_refused(tmp_path):
+    export_sam(randomize(build_sam("tiny"), seed=2), tmp_path)
+    digest, name = (tmp_path / "sam.pth.sha256").read_text().split()
+    assert name == "sam.pth" and len(digest) == 64  # sha256sum -c reads it
+    weights = bytearray((tmp_path / "sam.pth").read_bytes())
+    weights[len(weights) // 2] ^= 0x01  # one bit, inside a tensor's bytes: torch.load takes it
+    (tmp_path / "sam.pth").write_bytes(bytes(weights))
+    with pytest.raises(CheckpointError, match=r"sam.pth: its SHA-256 is not the one in .*sam.pth.sha256"):
+        load_export(tmp_path)
+    (tmp_path / "sam.pth.sha256").unlink()  # an export made before checksums: loaded as it is
+    load_export(tmp_path)
+
+
 def test_checkpoint_with_missing_and_extra_keys_is_named(tmp_path):
     state = build_sam("tiny").state_dict()
     state.pop("mask_decoder.iou_token.weight")

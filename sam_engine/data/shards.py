@@ -28,7 +28,6 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import glob
-import hashlib
 import io
 import json
 import logging
@@ -43,7 +42,7 @@ import braceexpand
 
 from sam_engine.data.images import image_size
 from sam_engine.data.records import RecordError, validate_record
-from sam_engine.utils.atomic_files import write_json_atomic
+from sam_engine.utils.atomic_files import file_sha256, write_json_atomic
 from sam_engine.utils.json_input import parse_json
 
 log = logging.getLogger(__name__)
@@ -136,12 +135,6 @@ def _add_to_manifest(directory: Path, entries: dict[str, dict]) -> None:
 # ---------------------------------------------------------------------------------------------------------
 # Describing and listing shards
 # ---------------------------------------------------------------------------------------------------------
-
-
-def file_sha256(path: str | Path) -> str:
-    """Hex SHA-256 of a file's bytes."""
-    with open(path, "rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def tar_keys(path: str | Path, *, partial: bool = False) -> list[str]:

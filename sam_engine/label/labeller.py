@@ -39,10 +39,10 @@ from sam_engine.data.importers.base import SkipSample, key_from_path, prepare_im
 from sam_engine.data.importers.folder import IMAGE_SUFFIXES
 from sam_engine.data.records import make_record
 from sam_engine.data.samples import Sample, Skipped, UnreadableShard, shard_samples
-from sam_engine.data.shards import MANIFEST, ShardWriter, file_sha256, list_shards, read_manifest, shard_name
+from sam_engine.data.shards import MANIFEST, ShardWriter, list_shards, read_manifest, shard_name
 from sam_engine.metrics.proposals import ProposalQuality
 from sam_engine.model.build import EXPORT_WEIGHTS
-from sam_engine.utils.atomic_files import write_json_atomic
+from sam_engine.utils.atomic_files import file_sha256, write_json_atomic
 
 log = logging.getLogger(__name__)
 

@@ -18,12 +18,13 @@ import torch.nn.functional as F
 
 from sam_engine.model.config import SamConfig, load_variant, resolve_config, variant_names
 from sam_engine.model.sam import Sam
-from sam_engine.utils.atomic_files import write_atomic
+from sam_engine.utils.atomic_files import file_sha256, write_atomic
 
 log = logging.getLogger(__name__)
 
 EXPORT_WEIGHTS = "sam.pth"
 EXPORT_CONFIG = "sam_config.json"
+EXPORT_CHECKSUM = "sam.pth.sha256"
 _ENCODER_PATCH_KEY = "image_encoder.patch_embed.proj.weight"
 
 
@@ -58,7 +59,8 @@ def load_export(export_dir: str | Path, drop_path_rate: float = 0.0) -> Sam:
     """Rebuild the model saved by ``export_sam`` in ``export_dir``.
 
     Raises:
-        FileNotFoundError: ``export_dir`` lacks ``sam.pth`` or ``sam_config.json``, naming them.
+        FileNotFoundError: ``export_dir`` lacks ``sam.pth`` or ``sam_config.json``, naming them;
+        CheckpointError: ``sam.pth`` does not match its ``sam.pth.sha256``.
     """
     export_dir = Path(export_dir)
     missing = [name for name in (EXPORT_WEIGHTS, EXPORT_CONFIG) if not (export_dir / name).is_file()]
@@ -67,7 +69,23 @@ def load_export(export_dir: str | Path, drop_path_rate: float = 0.0) -> Sam:
             f"{export_dir}: not an export directory (missing {', '.join(missing)}); "
             "pass a stage's export, e.g. outputs/engine/stage1/train/export"
         )
+    check_export_checksum(export_dir)
     return build_sam(export_dir / EXPORT_CONFIG, checkpoint=export_dir / EXPORT_WEIGHTS, drop_path_rate=drop_path_rate)
+
+
+def check_export_checksum(export_dir: Path) -> None:
+    """Compare ``sam.pth`` with the SHA-256 its export wrote (exports made before it have none: not checked).
+
+    Raises:
+        CheckpointError: the weights changed since the export (a flipped bit loads otherwise), naming both files.
+    """
+    checksum = export_dir / EXPORT_CHECKSUM
+    if not checksum.is_file():
+        return
+    expected = checksum.read_text(encoding="utf-8", errors="replace").split(maxsplit=1)[:1]
+    if expected != [file_sha256(export_dir / EXPORT_WEIGHTS)]:
+        raise CheckpointError(f"{export_dir / EXPORT_WEIGHTS}: its SHA-256 is not the one in {checksum}: the weights "
+                              "changed or were damaged since the export")
 
 
 def load_model(
@@ -204,7 +222,8 @@ def _guess_variant(state: Mapping[str, torch.Tensor]) -> str:
 
 
 def export_sam(model: Sam, out_dir: str | Path) -> Path:
-    """Write ``out_dir/sam.pth`` (bare float32 state dict) and ``out_dir/sam_config.json``.
+    """Write ``out_dir/sam.pth`` (bare float32 state dict), its SHA-256 (``sam.pth.sha256``) and
+    ``out_dir/sam_config.json``.
 
     Both files are written atomically: a crash never leaves a half-written export.
     Returns ``out_dir``.
@@ -213,6 +232,8 @@ def export_sam(model: Sam, out_dir: str | Path) -> Path:
     out_dir.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in model.state_dict().items()}
     write_atomic(out_dir / EXPORT_WEIGHTS, lambda f: torch.save(state, f), binary=True)
+    checksum = f"{file_sha256(out_dir / EXPORT_WEIGHTS)}  {EXPORT_WEIGHTS}\n"  # sha256sum's format: sha256sum -c
+    write_atomic(out_dir / EXPORT_CHECKSUM, lambda f: f.write(checksum))
     config_text = json.dumps(model.config.to_dict(), indent=2) + "\n"
     write_atomic(out_dir / EXPORT_CONFIG, lambda f: f.write(config_text))
     return out_dir

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from sam_engine.model.build import EXPORT_CONFIG, EXPORT_WEIGHTS, read_state_dict
+from sam_engine.model.build import EXPORT_CONFIG, EXPORT_WEIGHTS, check_export_checksum, read_state_dict
 from sam_engine.model.config import SamConfig, resolve_config
 
 
@@ -82,6 +82,7 @@ def build_official_sam(config: SamConfig | str | Path, checkpoint: str | Path | 
 def load_official_export(export_dir: str | Path):
     """The official model rebuilt from an export directory (``sam_config.json`` + ``sam.pth``)."""
     export_dir = Path(export_dir)
+    check_export_checksum(export_dir)
     return build_official_sam(export_dir / EXPORT_CONFIG, export_dir / EXPORT_WEIGHTS)
 
 

@@ -7,6 +7,7 @@ temporary file, unless the process is killed between the write and the rename).
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 from collections.abc import Callable
@@ -39,3 +40,9 @@ def write_bytes_atomic(path: str | Path, data: bytes) -> None:
 def write_json_atomic(path: str | Path, obj, **dump_options) -> None:
     """``obj`` as JSON (``json.dump`` options: indent 1 unless given)."""
     write_atomic(path, lambda f: json.dump(obj, f, **{"indent": 1, **dump_options}))
+
+
+def file_sha256(path: str | Path) -> str:
+    """Hex SHA-256 of a file's bytes."""
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
