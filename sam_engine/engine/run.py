@@ -205,7 +205,8 @@ class DataEngine:
         return {"stage": stage, "round": round_, **collected, **metrics}
 
     def stage3_step(self, directory: Path) -> dict:
-        """Automatic masks over pool3 with the last stage-2 model, then the final model trained on them."""
+        """Automatic masks over pool3 with the previous step's model (stage 2's last), then the final model trained
+        on them."""
         export = self.export_before("stage3")
         model = load_model(export).to(self.device).eval()
         generator = SamAutomaticMaskGenerator(model, **OmegaConf.to_container(self.cfg.stage3.amg, resolve=True))

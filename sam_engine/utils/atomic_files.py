@@ -1,7 +1,8 @@
 """Files written whole or not at all: a temporary file beside the target, fsynced, renamed over it.
 
 Readers see the old file or the whole new one; a failure or a kill leaves no partial target (and no
-temporary file, unless the process is killed between the write and the rename).
+temporary file, unless the process is killed between the write and the rename). ``file_sha256`` checks what
+was written (shard manifests, exports' ``sam.pth.sha256``).
 """
 
 from __future__ import annotations
