@@ -73,6 +73,13 @@ def test_an_export_config_of_wrong_types_is_an_error_naming_the_file_and_the_fie
         load_export(tmp_path)
 
 
+def test_a_config_node_of_a_command_is_a_valid_model_config():
+    from omegaconf import OmegaConf
+
+    node = OmegaConf.create(load_variant("tiny").to_dict())  # lists are ListConfig, as sam-label passes them
+    assert SamConfig.from_mapping(node) == load_variant("tiny")
+
+
 @pytest.mark.parametrize(("change", "message"), [
     (lambda w: w.long(), r"not floating point: mask_decoder.iou_token.weight: torch.int64"),
     (lambda w: w.index_fill(0, torch.tensor([0]), float("nan")),

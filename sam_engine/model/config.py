@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -85,6 +85,9 @@ class SamConfig:
         def is_int(value) -> bool:
             return isinstance(value, int) and not isinstance(value, bool)
 
+        def is_list(value) -> bool:  # a list, tuple or OmegaConf ListConfig (a command's model node)
+            return isinstance(value, Sequence) and not isinstance(value, str)
+
         def is_number(value) -> bool:
             return (is_int(value) or isinstance(value, float)) and math.isfinite(value)
 
@@ -100,11 +103,11 @@ class SamConfig:
             elif field.name == "mask_threshold" and not is_number(value):
                 problems.append(f"mask_threshold {value!r} is not a finite number")
         indexes = self.global_attn_indexes
-        if not isinstance(indexes, (list, tuple)) or not all(is_int(i) for i in indexes):
+        if not is_list(indexes) or not all(is_int(i) for i in indexes):
             problems.append(f"global_attn_indexes {indexes!r} is not a list of integers")
         for name in ("pixel_mean", "pixel_std"):
             value = getattr(self, name)
-            ok = isinstance(value, (list, tuple)) and len(value) == 3 and all(is_number(v) for v in value)
+            ok = is_list(value) and len(value) == 3 and all(is_number(v) for v in value)
             if not ok or (name == "pixel_std" and min(value) <= 0):
                 positive = ", all positive" if name == "pixel_std" else ""
                 problems.append(f"{name} {value!r} is not three finite numbers{positive}")
