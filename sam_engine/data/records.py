@@ -17,12 +17,13 @@ COCO tool agrees with them. Masks are encoded and decoded in bulk (one pycocotoo
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 from pycocotools import mask as mask_utils
+
+from sam_engine.utils.config_checks import is_int, is_number
 
 SOURCES = ("seed", "manual", "auto")
 """Where a mask came from: imported ground truth, a (simulated) annotator, or the model alone."""
@@ -332,16 +333,8 @@ def _type_name(value: Any) -> str:
     return type(value).__name__
 
 
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-
 def _is_numbers(value: Any, length: int) -> bool:
-    return isinstance(value, list) and len(value) == length and all(_is_number(v) for v in value)
+    return isinstance(value, list) and len(value) == length and all(is_number(v) for v in value)
 
 
 class _Checker:
@@ -368,9 +361,9 @@ def _check_image(checker: _Checker, image: Any) -> tuple[int, int]:
     if not isinstance(image, dict):
         checker.fail("image", f"expected an object, got {_type_name(image)}")
     checker.image = image.get("image_id", "?")
-    checker.require(image, "image_id", "image.", lambda v: _is_int(v) or isinstance(v, str), "an int or str")
-    width = checker.require(image, "width", "image.", lambda v: _is_int(v) and v > 0, "a positive int")
-    height = checker.require(image, "height", "image.", lambda v: _is_int(v) and v > 0, "a positive int")
+    checker.require(image, "image_id", "image.", lambda v: is_int(v) or isinstance(v, str), "an int or str")
+    width = checker.require(image, "width", "image.", lambda v: is_int(v) and v > 0, "a positive int")
+    height = checker.require(image, "height", "image.", lambda v: is_int(v) and v > 0, "a positive int")
     checker.require(image, "file_name", "image.", lambda v: isinstance(v, str), "a str")
     return height, width
 
@@ -388,18 +381,18 @@ def _check_segmentation(checker: _Checker, segmentation: Any, field: str, size: 
 
 _ANNOTATION_FIELDS = (
     ("bbox", lambda v: _is_numbers(v, 4) and v[2] >= 0 and v[3] >= 0, "[x, y, w, h] with w, h >= 0"),
-    ("area", lambda v: _is_int(v) and v >= 0, "an int >= 0"),
-    ("predicted_iou", _is_number, "a number"),
-    ("stability_score", _is_number, "a number"),
+    ("area", lambda v: is_int(v) and v >= 0, "an int >= 0"),
+    ("predicted_iou", is_number, "a number"),
+    ("stability_score", is_number, "a number"),
     ("crop_box", lambda v: _is_numbers(v, 4), "[x, y, w, h]"),
     ("point_coords", lambda v: isinstance(v, list) and all(_is_numbers(p, 2) for p in v), "[[x, y], ...]"),
 )
 
 _PROVENANCE_FIELDS = {
     "source": (lambda v: v in SOURCES, f"one of {SOURCES}"),
-    "stage": (lambda v: _is_int(v) and v >= 0, "an int >= 0"),
-    "clicks": (lambda v: _is_int(v) and v >= 0, "an int >= 0"),
-    "seconds": (lambda v: _is_number(v) and v >= 0, "a number >= 0"),
+    "stage": (lambda v: is_int(v) and v >= 0, "an int >= 0"),
+    "clicks": (lambda v: is_int(v) and v >= 0, "an int >= 0"),
+    "seconds": (lambda v: is_number(v) and v >= 0, "a number >= 0"),
     "model": (lambda v: isinstance(v, str), "a str"),
 }
 
@@ -409,7 +402,7 @@ def _check_annotation(checker: _Checker, annotation: Any, field: str, size: list
         checker.fail(field, f"expected an object, got {_type_name(annotation)}")
     prefix = field + "."
     ann_id = checker.require(
-        annotation, "id", prefix, lambda v: _is_int(v) or isinstance(v, str), "an int/str"
+        annotation, "id", prefix, lambda v: is_int(v) or isinstance(v, str), "an int/str"
     )
     if "segmentation" not in annotation:
         checker.fail(prefix + "segmentation", "missing")

@@ -43,6 +43,7 @@ from sam_engine.data.shards import MANIFEST, ShardWriter, list_shards, read_mani
 from sam_engine.metrics.proposals import ProposalQuality
 from sam_engine.model.build import EXPORT_WEIGHTS
 from sam_engine.utils.atomic_files import file_sha256, write_json_atomic
+from sam_engine.utils.config_checks import is_int
 
 log = logging.getLogger(__name__)
 
@@ -181,8 +182,7 @@ class Labeller:
 
     def __init__(self, generator: SamAutomaticMaskGenerator, output: str | Path, provenance: dict,
                  max_short_side: int | None = 1500, folder_root: Path | None = None):
-        if max_short_side is not None and (isinstance(max_short_side, bool) or not isinstance(max_short_side, int)
-                                           or max_short_side < 1):
+        if max_short_side is not None and not (is_int(max_short_side) and max_short_side >= 1):
             raise ValueError(f"max_short_side={max_short_side!r}: expected a positive number of pixels, or null")
         self.generator = generator
         self.output = Path(output)

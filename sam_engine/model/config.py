@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from importlib import resources
@@ -18,6 +17,7 @@ from typing import Any
 import yaml
 
 from sam_engine.transforms import PIXEL_MEAN, PIXEL_STD
+from sam_engine.utils.config_checks import is_int, is_number
 from sam_engine.utils.json_input import parse_json
 
 VARIANTS = resources.files("sam_engine.conf") / "model"
@@ -82,14 +82,8 @@ class SamConfig:
         """Each field of a wrong type or out of range, named: sizes and counts are positive integers (the
         mask threshold any finite number), ``global_attn_indexes`` a list of integers, ``pixel_mean`` and
         ``pixel_std`` three finite numbers (the std positive)."""
-        def is_int(value) -> bool:
-            return isinstance(value, int) and not isinstance(value, bool)
-
         def is_list(value) -> bool:  # a list, tuple or OmegaConf ListConfig (a command's model node)
             return isinstance(value, Sequence) and not isinstance(value, str)
-
-        def is_number(value) -> bool:
-            return (is_int(value) or isinstance(value, float)) and math.isfinite(value)
 
         problems = []
         if not isinstance(self.name, str):

@@ -6,8 +6,19 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
+from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
+
+
+def is_int(value: Any) -> bool:
+    """An integer, not a bool (``True`` is an int to Python, never a count to us)."""
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def is_number(value: Any) -> bool:
+    """A finite int or float, not a bool."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def check_values(cfg: DictConfig, *, integers: Mapping[str, int] = {}, numbers: Mapping[str, tuple[float, float]] = {},
@@ -23,12 +34,11 @@ def check_values(cfg: DictConfig, *, integers: Mapping[str, int] = {}, numbers: 
     """
     for key, least in integers.items():
         value = OmegaConf.select(cfg, key)
-        if isinstance(value, bool) or not isinstance(value, int) or value < least:
+        if not is_int(value) or value < least:
             raise ValueError(f"{key}={value!r}: expected an integer >= {least}")
     for key, (low, high) in numbers.items():
         value = OmegaConf.select(cfg, key)
-        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-        if not ok or not low <= value <= high:
+        if not is_number(value) or not low <= value <= high:
             raise ValueError(f"{key}={value!r}: expected a number in [{low:g}, {high:g}]")
     for key in booleans:
         value = OmegaConf.select(cfg, key)
