@@ -311,7 +311,7 @@ def import_coco(
             known.add(image.id)
             path = images / image.file_name
             with sink.guard(str(path)):
-                _import_image(sink, images, image, by_image.get(image.id, []), crowd == "include", ours,
+                _import_image(sink, path, images, image, by_image.get(image.id, []), crowd == "include", ours,
                               categories, max_pixels)
         for image_id in by_image.keys() - known:
             for annotation in by_image[image_id]:
@@ -324,12 +324,11 @@ def import_coco(
 
 
 def _import_image(
-    sink: ImportSink, images: Path, entry: CocoImage, annotations: list, include_crowd: bool,
+    sink: ImportSink, path: Path, images: Path, entry: CocoImage, annotations: list, include_crowd: bool,
     crowd_is_encoding: bool, categories: dict[int, str], max_pixels: int,
 ) -> None:
-    """Decode one COCO image (a file inside ``images``), convert its annotations and write the sample (runs
-    inside ``sink.guard``)."""
-    path = images / entry.file_name
+    """Decode one COCO image (``path``, read only if it lies inside ``images``), convert its annotations and
+    write the sample (runs inside ``sink.guard``)."""
     key = key_from_path(entry.file_name)
     if sink.is_done(key):
         return

@@ -249,12 +249,12 @@ def import_sa1b(
     with ImportSink(out_dir, shard_size=shard_size, prefix=prefix) as sink:
         report = sink.report
         for pair in sa1b_pairs(inputs, lambda skip: report.skip(skip.source, skip.kind, skip.reason)):
-            if is_valid_key(pair.key) and sink.is_done(pair.key):
-                continue
             with sink.guard(pair.source):
                 if not is_valid_key(pair.key):
                     raise SkipSample("bad_key", f"{pair.source}: the file stem {pair.key!r} cannot name a sample "
                                      "(whitespace, '.', '/' or a leading '__')")
+                if sink.is_done(pair.key):
+                    continue
                 record, image = check_pair(pair, max_pixels, report.skip_annotation)
                 sink.write(pair.key, image, record)
     return report
