@@ -9,6 +9,7 @@ two points changed for the CPU; the training subprocesses import it from this fi
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import shutil
@@ -33,6 +34,8 @@ from torch.distributed.fsdp import (
     StateDictType,
 )
 
+from sam_engine.data.samples import good_samples
+from sam_engine.data.shards import ShardWriter
 from sam_engine.model import build_sam, load_export
 from sam_engine.train.distributed import SamFSDPStrategy, encoder_block_classes
 
@@ -146,9 +149,17 @@ def test_fsdp_resumes_from_its_checkpoint_as_ddp_does(runs, shards, tmp_path):
     assert max_difference(exports["fsdp"], exports["ddp"]) < 1e-5  # weights and AdamW states restored
 
 
-def test_fsdp_steps_on_ranks_without_masks(tmp_path, shards):
-    """Every FSDP unit takes part in every backward pass, on every rank, masks or none (or FSDP hangs)."""
-    result = train(*FAST, *shards, *FSDP_CPU, "data.max_masks_per_image=0", "validate_before_training=false",
-                   f"engine_dir={tmp_path}")
+def test_fsdp_steps_and_validates_on_ranks_without_masks(tmp_path, synthetic_shards):
+    """Every FSDP unit takes part in every forward and backward pass, on every rank, masks or none (or FSDP
+    hangs): one image with masks and one without, so that rank 0 always has masks and rank 1 never, in
+    training and in validation (where a rank short of images pads with images without masks)."""
+    first, second = itertools.islice(good_samples(synthetic_shards["val"], on_skip=print), 2)
+    with ShardWriter(tmp_path / "uneven") as writer:
+        writer.write(first.key, first.data, first.ext, first.record)
+        writer.write(second.key, second.data, second.ext, {**second.record, "annotations": []})
+    data = [f"data.train={tmp_path / 'uneven'}", f"data.val={tmp_path / 'uneven'}", "data.batch_size=1",
+            "data.shuffle_buffer=0"]
+    result = train(*FAST, *data, *FSDP_CPU, f"engine_dir={tmp_path}")
     assert result.returncode == 0, result.stderr[-3000:]
-    assert json.loads((tmp_path / "stage1" / "train" / "metrics.json").read_text())["steps"] == 4
+    metrics = json.loads((tmp_path / "stage1" / "train" / "metrics.json").read_text())
+    assert metrics["steps"] == 4 and 0 <= metrics["final"]["val/miou_1pt"] <= 1

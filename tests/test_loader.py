@@ -5,6 +5,7 @@ import json
 import logging
 import math
 import re
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -23,7 +24,8 @@ from sam_engine.data.datamodule import SamDataModule
 from sam_engine.data.images import open_image
 from sam_engine.data.loader import Batch, SampleDecoder, TooManyBadSamples, collate, make_dataset, make_loader
 from sam_engine.data.records import make_annotations, make_record
-from sam_engine.data.shards import ShardWriter
+from sam_engine.data.samples import good_samples
+from sam_engine.data.shards import MANIFEST, ShardWriter
 from sam_engine.transforms import PIXEL_MEAN, PIXEL_STD, resize_image
 
 CONF = Path(__file__).resolve().parents[1] / "sam_engine" / "conf"
@@ -37,6 +39,10 @@ def _read_all(source, num_workers=0, **kwargs) -> list[Batch]:
 
 def _keys(batches) -> list[str]:
     return [key for batch in batches for key in batch.keys]
+
+
+def _keys_with_masks(per_rank: list[list[Batch]]) -> list[str]:
+    return [key for batches in per_rank for b in batches for key, n in zip(b.keys, b.num_masks, strict=True) if n > 0]
 
 
 def _pixels(image: torch.Tensor, h: int, w: int) -> np.ndarray:
@@ -364,6 +370,56 @@ def test_validation_gives_every_rank_the_same_steps_and_covers_every_sample(
     assert sorted({key for rank_keys in read for key in rank_keys}) == sorted(keys)
     padding = sum(len(rank_keys) for rank_keys in read) - len(keys)
     assert padding < world_size  # the only repeats are the pads of ranks short of a sample
+    assert sorted(_keys_with_masks(per_rank)) == sorted(keys)  # a pad has no mask: no metric counts an image twice
+
+
+def test_a_stale_manifest_count_pads_without_masks_instead_of_repeating_an_example(uneven, tmp_path, caplog):
+    """A manifest that promises more samples than its shards hold (edited, or left from a bigger set): every
+    rank still takes the same steps, each real image's masks count once, and the shortfall is named."""
+    directory, keys = uneven
+    stale = tmp_path / "stale"
+    shutil.copytree(directory, stale)
+    manifest = json.loads((stale / MANIFEST).read_text())
+    first = next(iter(manifest["shards"]))
+    manifest["shards"][first]["samples"] = 250
+    (stale / MANIFEST).write_text(json.dumps(manifest))
+    with caplog.at_level(logging.WARNING, logger="sam_engine.data.loader"):
+        per_rank = [_read_all(stale, batch_size=2, rank=rank, world_size=2) for rank in (0, 1)]
+    assert len(per_rank[0]) == len(per_rank[1]) == math.ceil((250 - 5 + len(keys)) / 2 / 2)
+    assert sorted(_keys_with_masks(per_rank)) == sorted(keys)
+    assert any("batches short of the" in r.getMessage() and "manifest" in r.getMessage() for r in caplog.records)
+
+
+def test_a_shard_whose_bytes_changed_after_writing_is_not_read(tmp_path, caplog):
+    """Bit rot inside an image (which may still decode), or a shard replaced by another: the manifest's byte
+    count and SHA-256 are checked when a job first opens the shard, and the shard is skipped, named."""
+    keys = write_shard_set(tmp_path, [3, 2])
+    rotten = tmp_path / "shard-000000.tar"
+    data = bytearray(rotten.read_bytes())
+    data[1500] ^= 0x01  # one bit inside the first image's bytes
+    rotten.write_bytes(bytes(data))
+    with caplog.at_level(logging.WARNING, logger="sam_engine.data.loader"):
+        batches = _read_all(tmp_path, max_bad_fraction=1.0)
+    assert _keys(batches) == keys[3:] and sum(b.num_bad for b in batches) == 1
+    assert any("shard-000000.tar: sha256 " in r.getMessage() and "its manifest.json records" in r.getMessage()
+               for r in caplog.records)
+    (tmp_path / "shard-000001.tar").write_bytes(bytes(data[:-1024]))  # another size: named by its byte count
+    skipped = []
+    assert list(good_samples(tmp_path, skipped.append)) == []
+    assert [s.kind for s in skipped] == ["unreadable_shard"] * 2
+    assert "bytes, but its manifest.json records" in skipped[1].reason
+
+
+def test_a_manifest_entry_of_the_wrong_type_is_an_error_naming_the_shard_and_field(uneven, tmp_path):
+    directory, _ = uneven
+    for field, value in (("samples", "5"), ("samples", -1), ("sha256", "abc"), ("keys", "k"), ("bytes", True)):
+        broken = tmp_path / f"{field}{value}"
+        shutil.copytree(directory, broken)
+        manifest = json.loads((broken / MANIFEST).read_text())
+        manifest["shards"]["shard-000001.tar"][field] = value
+        (broken / MANIFEST).write_text(json.dumps(manifest))
+        with pytest.raises(ValueError, match=rf"manifest.json: shards.shard-000001.tar: {field}: expected"):
+            make_dataset(broken, img_size=32, batch_size=2)
 
 
 def test_worker_batches_equal_in_process_batches(uneven):

@@ -19,7 +19,7 @@ The pipeline one DataLoader worker runs (:meth:`ShardDataset.__iter__`)::
   batch ``(g // R) // B`` to worker ``batch % W``. Every worker reads every shard but decodes only its
   share. With several ranks each rank yields ``ceil(ceil(N / R) / B)`` batches; a rank short of
   samples (the remainder, or skipped bad samples) pads with one-example batches repeating its last
-  example, as ``DistributedSampler`` pads.
+  image, as ``DistributedSampler`` pads, but without its masks: no metric counts an example twice.
 - **Bad samples** (unreadable tar, no json/image, undecodable image, malformed record, duplicate key,
   image smaller than ``min_image_side``...) are skipped with a warning naming shard and key and
   counted per worker (:class:`BadSampleCounter`); each batch reports in ``num_bad`` how many its
@@ -51,7 +51,7 @@ from webdataset.tariterators import base_plus_ext, tar_file_iterator
 
 from sam_engine.data.images import ImageDecodeError, open_image
 from sam_engine.data.records import RecordError, decode_masks, mask_areas, rle_problem, validate_record
-from sam_engine.data.shards import list_shards, shard_sample_counts
+from sam_engine.data.shards import integrity_problem, list_shards, shard_sample_counts
 from sam_engine.transforms import PIXEL_MEAN, PIXEL_STD, normalize_and_pad, preprocess_shape
 from sam_engine.utils.json_input import parse_json
 
@@ -230,11 +230,16 @@ def _shard_samples(url: str) -> Iterator[dict]:
     A key seen earlier in the shard starts a new sample flagged ``__duplicate__``. A shard that cannot
     be read on (missing, truncated, not a tar) ends with a sample flagged ``__error__`` naming the key
     being read, and so does an empty one (an endless resampled stream of empty shards would hang);
-    it takes a place in the stream like any sample, so exactly one worker counts it.
+    it takes a place in the stream like any sample, so exactly one worker counts it. A shard whose bytes
+    are not those its manifest recorded (``shards.integrity_problem``) is that one flagged sample alone.
     """
     seen: set[str] = set()
     current = None
     try:
+        problem = integrity_problem(url)
+        if problem is not None:
+            yield {"__key__": None, "__url__": url, "__error__": f"corrupt shard: {problem}"}
+            return
         with contextlib.closing(gopen(url, bufsize=1 << 20)) as stream:
             for member in tar_file_iterator(stream):
                 key, ext = base_plus_ext(member["fname"])
@@ -478,7 +483,7 @@ def _batched(examples: Iterable[Example], batch_size: int) -> Iterator[list[Exam
 
 def _exactly(batches: Iterable[list[Example]], count: int | None, name: str) -> Iterator[list[Example]]:
     """The first ``count`` batches (all if None); a short stream is padded with one-example batches
-    repeating its last example."""
+    repeating its last image without its masks, so that no metric counts an example twice."""
     if count is None:
         yield from batches
         return
@@ -492,8 +497,12 @@ def _exactly(batches: Iterable[list[Example]], count: int | None, name: str) -> 
         raise TooManyBadSamples(
             f"{name}: no usable sample to make the {count} batches that keep DDP ranks in step"
         )
+    if count - produced > 1:
+        log.warning("%s: %d batches short of the %d expected (bad samples, or a manifest that counts more samples "
+                    "than its shards hold); padded with images without masks", name, count - produced, count)
+    padding = dataclasses.replace(last, masks=last.masks[:0])
     for _ in range(count - produced):
-        yield [last]
+        yield [padding]
 
 
 # ---------------------------------------------------------------------------------------------------------

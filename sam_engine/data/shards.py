@@ -43,6 +43,7 @@ import braceexpand
 from sam_engine.data.images import image_size
 from sam_engine.data.records import RecordError, validate_record
 from sam_engine.utils.atomic_files import file_sha256, write_json_atomic
+from sam_engine.utils.config_checks import is_int
 from sam_engine.utils.json_input import parse_json
 
 log = logging.getLogger(__name__)
@@ -52,6 +53,7 @@ MANIFEST_FORMAT = "sam_engine.shards/1"
 IMAGE_EXTS = ("jpg", "png")
 _SHARD_NAME = re.compile(r"^(?P<prefix>.+)-(?P<index>\d{6})\.tar$")
 _BAD_KEY = re.compile(r"[./\\\s]|^__|^$")
+_SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
 def is_valid_key(key: object) -> bool:
@@ -90,10 +92,27 @@ def read_manifest(directory: str | Path) -> dict:
         raise ValueError(f"{path}: unreadable manifest: {exc}") from exc
     if not isinstance(manifest, dict) or not isinstance(manifest.get("shards"), dict):
         raise ValueError(f"{path}: expected an object with a 'shards' mapping")
-    for name in manifest["shards"]:  # a name is a file of this directory: never ../x or /etc/passwd
+    for name, entry in manifest["shards"].items():  # a name is a file of this directory: never ../x or /etc/passwd
         if not name.endswith(".tar") or name != os.path.basename(name) or "\\" in name or name.startswith("."):
             raise ValueError(f"{path}: shard {name!r} is not a .tar file name of this directory")
+        problem = _entry_problem(entry)
+        if problem is not None:
+            raise ValueError(f"{path}: shards.{name}: {problem}")
     return manifest
+
+
+def _entry_problem(entry: object) -> str | None:
+    """What is wrong with a manifest entry's type (fields may be absent: each reader needs only some)."""
+    if not isinstance(entry, dict):
+        return f"expected an object, got {type(entry).__name__}"
+    for field in ("samples", "annotations", "bytes"):
+        if field in entry and not (is_int(entry[field]) and entry[field] >= 0):
+            return f"{field}: expected a non-negative integer, got {entry[field]!r}"
+    if "sha256" in entry and not (isinstance(entry["sha256"], str) and _SHA256.fullmatch(entry["sha256"])):
+        return f"sha256: expected 64 hex digits, got {entry['sha256']!r}"
+    if "keys" in entry and not (isinstance(entry["keys"], list) and all(isinstance(k, str) for k in entry["keys"])):
+        return "keys: expected a list of strings"
+    return None
 
 
 def _fsync_dir(directory: Path) -> None:
@@ -235,18 +254,61 @@ def list_shards(source: str | Path | Sequence[str | Path]) -> list[str]:
 def shard_sample_counts(urls: Sequence[str]) -> list[int]:
     """Number of samples in each shard: from its directory's manifest, else from the tar's headers
     (the readable part of a damaged tar; the reader reports the damage)."""
-    manifests: dict[str, dict] = {}
     counts = []
     for url in urls:
-        directory, name = os.path.split(url)
-        if directory not in manifests:
-            has_manifest = not _is_remote(url) and os.path.isfile(os.path.join(directory, MANIFEST))
-            manifests[directory] = read_manifest(directory)["shards"] if has_manifest else {}
-        entry = manifests[directory].get(name)
+        entry = None if _is_remote(url) else _manifest_entry(url)
         if entry is None and _is_remote(url):
             raise ValueError(f"{url}: cannot count the samples of a remote shard without a manifest")
-        counts.append(entry["samples"] if entry is not None else len(tar_keys(url, partial=True)))
+        counts.append(entry["samples"] if entry and "samples" in entry else len(tar_keys(url, partial=True)))
     return counts
+
+
+_MANIFESTS: dict[str, tuple[tuple[int, int], dict]] = {}  # directory -> ((mtime_ns, size), its shard entries)
+_VERIFIED: dict[str, tuple[int, int]] = {}  # shard path -> (size, mtime_ns) when it last matched its manifest
+
+
+def _manifest_entry(path: str) -> dict | None:
+    """The manifest entry of the local shard ``path`` (None without a manifest or entry); each manifest is
+    read once per process while its file stays the same."""
+    directory, name = os.path.split(path)
+    try:
+        info = os.stat(os.path.join(directory, MANIFEST))
+    except FileNotFoundError:
+        return None
+    stamp = (info.st_mtime_ns, info.st_size)
+    if _MANIFESTS.get(directory, (None,))[0] != stamp:
+        _MANIFESTS[directory] = (stamp, read_manifest(directory)["shards"])
+    return _MANIFESTS[directory][1].get(name)
+
+
+def integrity_problem(url: str) -> str | None:
+    """Why the local shard ``url`` is not the file its manifest describes (byte count, then SHA-256), naming
+    both; None when it is, or when nothing is recorded (a remote URL, a tar outside a shard directory).
+
+    Each shard is hashed once per process while its size and mtime stay the same, so a job pays one extra
+    read of each shard it opens (usually from the page cache) to never read bit-rotted or replaced bytes.
+
+    Raises:
+        ValueError: the directory's manifest is unreadable (naming it).
+    """
+    if _is_remote(url):
+        return None
+    entry = _manifest_entry(url)
+    if entry is None:
+        return None
+    info = os.stat(url)
+    stamp = (info.st_size, info.st_mtime_ns)
+    if _VERIFIED.get(url) == stamp:
+        return None
+    if "bytes" in entry and info.st_size != entry["bytes"]:
+        return f"{url}: {info.st_size} bytes, but its {MANIFEST} records {entry['bytes']} (truncated or replaced)"
+    if "sha256" in entry:
+        digest = file_sha256(url)
+        if digest != entry["sha256"]:
+            return (f"{url}: sha256 {digest}, but its {MANIFEST} records {entry['sha256']} "
+                    "(its bytes changed after it was written)")
+    _VERIFIED[url] = stamp
+    return None
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -209,16 +209,30 @@ class InteractiveSamModule(LightningModule):
             )
 
     def validation_step(self, batch: Batch, batch_idx: int) -> None:
+        """Interactive metrics of the batch's masks. A batch without masks (images whose masks were all filtered
+        out, or a rank's padding) still encodes its images and logs every metric, with no values: FSDP gathers
+        the encoder's weights, and the epoch-end metric sync is collective, on every rank."""
         image_index, gt_masks = self._masks_of(batch)
-        if len(gt_masks) == 0:
-            return
         embeddings = self.model.encode_images(batch.image)
+        if len(gt_masks) == 0:
+            values = {name: torch.zeros(0, device=self.device) for name in VAL_METRICS}
+        else:
+            values = self._interactive_metrics(batch, embeddings, image_index, gt_masks)
+        for name, value in values.items():
+            self.val_metrics[name].update(value)
+            self.log(f"val/{name}", self.val_metrics[name], on_step=False, on_epoch=True, prog_bar=name == "miou_1pt")
+        self.val_interval_1pt.update(values["miou_1pt"], image_index)
+        self.log("val/miou_1pt_ci95", self.val_interval_1pt, on_step=False, on_epoch=True)
+
+    def _interactive_metrics(self, batch: Batch, embeddings: torch.Tensor, image_index: torch.Tensor,
+                             gt_masks: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Each metric of ``VAL_METRICS`` per mask (N floats), for N masks: image_index N, gt_masks N x S x S."""
         size = gt_masks.shape[-1]
         coords = torch.arange(size, device=self.device)
         h, w = batch.input_size[image_index].unbind(-1)
         valid = (coords[None, :, None] < h[:, None, None]) & (coords[None, None, :] < w[:, None, None])
         result = evaluate_interactive(self.model, embeddings, image_index, gt_masks, valid, self.eval_max_clicks)
-        values = {
+        return {
             "miou_1pt": result.ious[:, 0],
             "miou_1pt_oracle": result.first_click_oracle,
             "miou_box": result.box,
@@ -226,8 +240,3 @@ class InteractiveSamModule(LightningModule):
             "noc90": clicks_to_reach(result.ious, self.noc_threshold, self.eval_max_clicks).float(),
             "iou_mae": result.iou_pred_error,
         }
-        for name, value in values.items():
-            self.val_metrics[name].update(value)
-            self.log(f"val/{name}", self.val_metrics[name], on_step=False, on_epoch=True, prog_bar=name == "miou_1pt")
-        self.val_interval_1pt.update(values["miou_1pt"], image_index)
-        self.log("val/miou_1pt_ci95", self.val_interval_1pt, on_step=False, on_epoch=True)
