@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -86,3 +87,26 @@ def test_a_run_dir_belongs_to_one_job(tmp_path):
     claim_run_dir_for_job(run_dir, "101", rank=3)
     with pytest.raises(SlurmSetupError, match=r"belongs to SLURM job 101 .*not to this job 202"):
         claim_run_dir_for_job(run_dir, "202", rank=0)
+
+
+def test_a_rank_stuck_outside_a_collective_fails_the_run_with_a_timeout_instead_of_hanging(tmp_path, synthetic_shards):
+    """Rank 1 never reaches the first gradient all-reduce (its shard reader is stuck, as a DataLoader worker
+    forked while a lock was held was): rank 0's collective times out with an error after
+    ``trainer.strategy.timeout`` (10 minutes by default, 20 s here), kills rank 1 and exits non-zero."""
+    reader = tmp_path / "reader.sh"  # a shard stream that never starts on rank 1
+    shard = Path(synthetic_shards["train"]) / "synthetic-000000.tar"
+    reader.write_text(f'[ "$LOCAL_RANK" = 1 ] && sleep 120\ncat {shard}\n')
+    started = time.monotonic()
+    result = subprocess.run(  # the output's pipes stay open while any process below the command lives
+        [sys.executable, "-m", "sam_engine.train", *FAST, *DDP_CPU, f"data.train='pipe:bash {reader}'",
+         "data.val=null", "validate_before_training=false", "trainer.strategy.timeout.minutes=0",
+         "+trainer.strategy.timeout.seconds=20", f"engine_dir={tmp_path}"],
+        capture_output=True, text=True, timeout=240,
+    )
+    assert result.returncode != 0 and time.monotonic() - started < 100
+    assert "Timed out waiting 20000ms" in result.stderr, result.stderr[-3000:]
+    assert "this rank failed: killing the 1 ranks it started" in result.stdout + result.stderr
+    time.sleep(1)
+    left = subprocess.run(["pgrep", "-f", f"engine_dir={tmp_path}"], capture_output=True, text=True).stdout
+    assert left == "", f"rank 1 still runs: {left}"
+    assert not (tmp_path / "stage1" / "train" / "export").exists()

@@ -6,6 +6,10 @@ counts that are not positive integers. :func:`claim_run_dir_for_job` keys a run 
 a requeued job (same id) finds and resumes its checkpoint, another job is refused before it can
 overwrite the first one's checkpoints.
 
+A rank that fails stops the ranks it started (:func:`other_ranks_killed_on_failure`), and a collective that
+waits longer than ``trainer.strategy.timeout`` (10 minutes) fails, so a stuck run ends instead of holding its
+allocation.
+
 ``trainer=fsdp`` (fully sharded data parallel) uses :class:`SamFSDPStrategy`, which wraps each
 transformer block of the image encoder (:func:`encoder_block_classes`) as one FSDP unit;
 :func:`gather_full_model` puts the sharded weights back together on rank 0 for the export.
@@ -13,16 +17,23 @@ transformer block of the image encoder (:func:`encoder_block_classes`) as one FS
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import os
-from collections.abc import Mapping
+import signal
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 import torch
+from lightning.pytorch import Trainer
 from lightning.pytorch.strategies import FSDPStrategy
+from lightning.pytorch.strategies.launchers.subprocess_script import _SubprocessScriptLauncher
 from omegaconf import DictConfig, OmegaConf
 
 from sam_engine.model import Sam, build_sam
+
+log = logging.getLogger(__name__)
 
 SLURM_ALLOCATION = ("SLURM_JOB_ID", "SLURM_NNODES", "SLURM_NTASKS_PER_NODE")
 OWNER_FILE = "slurm_job.json"
@@ -52,6 +63,40 @@ def one_process(trainer_cfg: DictConfig) -> DictConfig:
     for key in ("plugins", "num_nodes"):
         single.pop(key, None)
     return OmegaConf.create({**single, "strategy": "auto", "devices": 1})
+
+
+@contextlib.contextmanager
+def other_ranks_killed_on_failure(trainer: Trainer) -> Iterator[None]:
+    """On the rank that started the others as subprocesses (``trainer=ddp|fsdp`` on one node), kill them when
+    this rank fails. Lightning leaves them running: a rank waiting for data, or for a collective that can no
+    longer complete, would hold its devices until killed by hand (under SLURM, ``srun`` ends a failed step's
+    other tasks)."""
+    try:
+        yield
+    except BaseException:
+        launcher = trainer.strategy.launcher
+        if isinstance(launcher, _SubprocessScriptLauncher) and launcher.procs:
+            log.error("this rank failed: killing the %d ranks it started", len(launcher.procs))
+            for proc in launcher.procs:  # with their loader workers and shard pipes, which would outlive them
+                for pid in [proc.pid, *_descendants(proc.pid)]:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(pid, signal.SIGKILL)
+        raise
+
+
+def _descendants(pid: int) -> list[int]:
+    """The processes below ``pid``, from Linux's ``/proc`` (none elsewhere)."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, IndexError, ValueError):  # a process that ends meanwhile
+            parent = int(stat.read_text().rsplit(")", 1)[1].split()[1])  # after "pid (name) state"
+            children.setdefault(parent, []).append(int(stat.parent.name))
+    found, todo = [], [pid]
+    while todo:
+        below = children.get(todo.pop(), [])
+        found += below
+        todo += below
+    return found
 
 
 def check_slurm_allocation(environ: Mapping[str, str] = os.environ) -> None:
