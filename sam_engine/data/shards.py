@@ -13,8 +13,9 @@ Guarantees of :class:`ShardWriter`:
 
 - A reader never sees a partial shard: a shard is written as ``<name>.tmp-<pid>``, fsynced and
   renamed to ``<name>`` only when complete; the manifest is then updated (temporary file, fsync,
-  rename). A shard renamed but not yet in the manifest (a crash between the two) is found and
-  added by the next writer with that prefix.
+  rename). A write that fails (a full disk) deletes the temporary shard; completed shards stay.
+  A shard renamed but not yet in the manifest (a crash between the two) is found and added by the
+  next writer with that prefix.
 - No empty shard: a shard is opened by its first sample.
 - Resuming: a writer opened on a directory continues its prefix's numbering after the shards
   already there, and :meth:`ShardWriter.completed_keys` tells the producer which images to skip.
@@ -351,25 +352,33 @@ class _OpenShard:
         self.annotations += num_annotations
 
     def publish(self) -> dict:
-        """Complete the tar, rename it to its final name and return its manifest entry."""
-        self.tar.close()
-        self.file.flush()
-        os.fsync(self.file.fileno())
-        self.file.close()
-        entry = {
-            "samples": len(self.keys),
-            "annotations": self.annotations,
-            "bytes": self.tmp.stat().st_size,
-            "sha256": file_sha256(self.tmp),
-            "keys": self.keys,
-        }
-        os.replace(self.tmp, self.path)
+        """Complete the tar, rename it to its final name and return its manifest entry. If that fails (a full
+        disk), the temporary tar is deleted."""
+        try:
+            self.tar.close()
+            self.file.flush()
+            os.fsync(self.file.fileno())
+            self.file.close()
+            entry = {
+                "samples": len(self.keys),
+                "annotations": self.annotations,
+                "bytes": self.tmp.stat().st_size,
+                "sha256": file_sha256(self.tmp),
+                "keys": self.keys,
+            }
+            os.replace(self.tmp, self.path)
+        except BaseException:
+            self.discard()
+            raise
         _fsync_dir(self.path.parent)
         return entry
 
     def discard(self) -> None:
-        self.tar.close()
-        self.file.close()
+        """Delete the temporary tar, also when closing it fails (a full disk cannot take its last blocks)."""
+        with contextlib.suppress(OSError):
+            self.tar.close()
+        with contextlib.suppress(OSError):
+            self.file.close()
         self.tmp.unlink(missing_ok=True)
 
 
@@ -506,10 +515,10 @@ class ShardWriter:
         self._next_index += 1
 
     def _publish(self) -> None:
-        entry = self._shard.publish()
-        _add_to_manifest(self.directory, {self._shard.path.name: entry})
-        self.shards_written.append(self._shard.path)
-        self._shard = None
+        shard, self._shard = self._shard, None  # published or (on failure) deleted: nothing left to abort
+        entry = shard.publish()
+        _add_to_manifest(self.directory, {shard.path.name: entry})
+        self.shards_written.append(shard.path)
 
     def finish_shard(self) -> None:
         """Complete the current shard now, if it has any sample; the next sample opens a new one."""

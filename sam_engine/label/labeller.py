@@ -150,6 +150,7 @@ class LabelSummary:
     skipped_images: list[dict] = field(default_factory=list)
     seconds: float = 0.0
     quality: ProposalQuality = field(default_factory=ProposalQuality)
+    stopped_by: str | None = None  # the error that stopped the task (a full disk...), naming the shard
 
     def to_dict(self) -> dict:
         out = asdict(self)
@@ -221,9 +222,22 @@ class Labeller:
                     summary.unreadable_shards.append({"shard": shard.name, "reason": str(exc)})
                     # Nothing of the shard was published: its images are not counted as labelled.
                     summary.images, summary.masks, summary.quality = counts
-                summary.seconds = time.perf_counter() - start
-                write_task_summary(summary, self.output)
+                except Exception as exc:  # the task stops; its summary says why, beside what it published
+                    summary.stopped_by = f"{shard.name}: {type(exc).__name__}: {exc}"
+                    summary.images, summary.masks, summary.quality = counts
+                    self._write_summary(summary, start)
+                    raise
+                self._write_summary(summary, start)
         return summary
+
+    def _write_summary(self, summary: LabelSummary, start: float) -> None:
+        summary.seconds = time.perf_counter() - start
+        try:
+            write_task_summary(summary, self.output)
+        except OSError as error:
+            if summary.stopped_by is None:
+                raise
+            log.error("could not write the task's summary (%s): %s", error, json.dumps(summary.to_dict()))
 
     def label_shard(self, shard: InputShard, summary: LabelSummary, bar: tqdm) -> None:
         """Label one input shard into its output shard; nothing of it is published if it fails."""

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import json
 import logging
 import re
 import stat
@@ -34,6 +33,7 @@ from PIL import Image
 from sam_engine.data.images import ImageDecodeError, ImageTooLarge, image_size, open_image
 from sam_engine.data.records import RecordError, rle_problem
 from sam_engine.data.shards import ShardWriter
+from sam_engine.utils.atomic_files import write_json_atomic
 
 log = logging.getLogger(__name__)
 
@@ -85,6 +85,8 @@ class ImportReport:
     already_present: int = 0
     skipped: list[Skip] = field(default_factory=list)
     skipped_annotations: list[Skip] = field(default_factory=list)
+    stopped_by: str | None = None
+    """The error that stopped the import before its end (a full disk...); None when it ran to the end."""
 
     def skip(self, source: str, kind: str, reason: str) -> None:
         """Record a skipped file or sample (and log it)."""
@@ -99,6 +101,8 @@ class ImportReport:
     def to_dict(self) -> dict:
         """The JSON form: counts, counts per kind, then every skip as ``{source, kind, reason}``."""
         return {
+            "complete": self.stopped_by is None,
+            "stopped_by": self.stopped_by,
             "imported": self.imported,
             "annotations": self.annotations,
             "already_present": self.already_present,
@@ -115,7 +119,8 @@ class ImportReport:
         kinds = ", ".join(f"{k} {n}" for k, n in Counter(s.kind for s in self.skipped).items())
         dropped = ", ".join(f"{k} {n}" for k, n in Counter(s.kind for s in self.skipped_annotations).items())
         return (
-            f"imported {self.imported} images ({self.annotations} masks), "
+            ("" if self.stopped_by is None else f"STOPPED by {self.stopped_by}: ")
+            + f"imported {self.imported} images ({self.annotations} masks), "
             f"{self.already_present} already present, skipped {len(self.skipped)} ({kinds or 'none'}), "
             f"dropped {len(self.skipped_annotations)} annotations ({dropped or 'none'})"
         )
@@ -263,7 +268,24 @@ class ImportSink:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
-        self.writer.__exit__(exc_type, exc, tb)
+        """Complete the last shard (or, after an error, discard it), then write the report, also when the import
+        stopped: it then says what stopped it (``complete: false``) beside what was written before."""
+        stopped_by = exc
+        try:
+            self.writer.__exit__(exc_type, exc, tb)
+        except Exception as error:  # completing the last shard failed (a full disk)
+            stopped_by = error
+            raise
+        finally:
+            if stopped_by is not None:
+                self.report.stopped_by = f"{type(stopped_by).__name__}: {stopped_by}"
+            self._write_report()
+
+    def _write_report(self) -> None:
         path = self.out_dir / REPORT_FILE
-        path.write_text(json.dumps(self.report.to_dict(), indent=1, ensure_ascii=False), encoding="utf-8")
-        log.info("%s (report: %s)", self.report.summary(), path)
+        try:
+            write_json_atomic(path, self.report.to_dict(), ensure_ascii=False)
+        except OSError as error:  # the disk that stopped the import may not take the report either
+            log.error("%s; could not write %s: %s", self.report.summary(), path, error)
+            return
+        (log.info if self.report.stopped_by is None else log.error)("%s (report: %s)", self.report.summary(), path)
