@@ -89,9 +89,10 @@ def test_nothing_passing_gives_an_empty_list(models):
     assert generator.generate(photograph()) == []
 
 
-@pytest.mark.parametrize("shape", [(1, 1, 3), (1, 300, 3), (40, 30), (40, 30, 4)])
+@pytest.mark.parametrize("shape", [(1, 1, 3), (1, 300, 3), (1, 5000, 3), (40, 30), (40, 30, 4)])
 def test_degenerate_and_unusual_images(models, thresholds, shape):
-    """A 1 x 1 image, a 1-pixel-high strip, a grey and an RGBA image: valid (maybe empty) records."""
+    """A 1 x 1 image, 1-pixel-high strips (1 x 5000: resized to 1 x 256, never 0 px), a grey and an RGBA image:
+    valid (maybe empty) records."""
     rng = np.random.default_rng(0)
     image = rng.integers(0, 256, size=shape, dtype=np.uint8)
     generator = SamAutomaticMaskGenerator(models[0], points_per_side=8, **thresholds)

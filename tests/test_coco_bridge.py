@@ -13,17 +13,21 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+from hydra import compose, initialize_config_dir
 from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 from shard_helpers import encode_image, random_masks
 
+from sam_engine.annotate import __main__ as annotate_command
 from sam_engine.annotate.coco_bridge import export_coco, import_coco_corrections, mask_polygons
 from sam_engine.data.importers.base import REPORT_FILE
 from sam_engine.data.importers.coco import import_coco
 from sam_engine.data.importers.sa1b import iter_sa1b
 from sam_engine.data.records import decode_masks, make_annotations, make_record
 from sam_engine.data.shards import ShardWriter, list_shards
+
+CONF = Path(__file__).resolve().parents[1] / "sam_engine" / "conf"
 
 H, W = 24, 32
 
@@ -217,6 +221,22 @@ def test_the_coco_importer_takes_every_mask_of_our_exports_as_an_object(pool, tm
         record = imported[image["file_name"]]
         assert np.array_equal(record_masks(record), pool["masks"][image["sam_engine_key"]])
         assert {a["iscrowd"] for a in record["annotations"]} == {0}
+
+
+@pytest.mark.parametrize(
+    "command, override, message",
+    [("export", "out_dir=5", "out_dir=5: expected text"),
+     ("export", "sources=[auto,3]", "sources=['auto', 3]: expected null, a provenance"),
+     ("export", "image_prefix=1.5", "image_prefix=1.5: expected text"),
+     ("import", "prefix=123", "prefix=123: expected text"),
+     ("import", "stage.number=abc", "stage.number='abc': expected an integer >= 1")],
+)
+def test_the_annotate_commands_refuse_wrong_types_naming_the_key(tmp_path, command, override, message):
+    paths = {"export": ["shards=s", "out_dir=o"], "import": ["input=i.json", "pool=p", "out_dir=o"]}[command]
+    with initialize_config_dir(config_dir=str(CONF), version_base=None):
+        cfg = compose(f"annotate_{command}", overrides=[*paths, override])
+    with pytest.raises(ValueError, match=re.escape(message)):
+        annotate_command.COMMANDS[command][0](cfg)
 
 
 def test_the_export_command_writes_ground_truth_and_refuses_a_bad_flag(pool, tmp_path):

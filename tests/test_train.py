@@ -5,15 +5,20 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import lightning.pytorch as pl
 import pytest
 import torch
+from hydra import compose, initialize_config_dir
 
 from sam_engine.cli import alias_groups, alias_stage_numbers
 from sam_engine.data.datamodule import SamDataModule
 from sam_engine.model import build_sam, load_export
 from sam_engine.train.module import InteractiveSamModule, NonFiniteLossError
+from sam_engine.train.run import check_train_config
+
+CONF = Path(__file__).resolve().parents[1] / "sam_engine" / "conf"
 
 FAST = [  # a few tiny steps: this checks the plumbing, not the learning
     "data=shards", "data.batch_size=2", "data.num_workers=0", "data.steps_per_epoch=2",
@@ -118,6 +123,32 @@ def test_unknown_choices_list_the_options(override, expected):
     assert result.returncode != 0
     for text in expected:
         assert text in result.stderr
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [("stage.max_steps=abc", "stage.max_steps='abc': expected an integer >= 0"),
+     ("data.batch_size=0", "data.batch_size=0: expected an integer >= 1"),
+     ("gradient_clip_norm=-1", "gradient_clip_norm=-1: expected a number in [0, inf]"),
+     ("validate_before_training=maybe", "validate_before_training='maybe': expected true or false"),
+     ("simulation.num_click_rounds=abc", "simulation.num_click_rounds: Value 'abc' of type 'str' could not be"),
+     ("optim.milestones=[10,x]", "optim.milestones[1]: Value 'x' of type 'str' could not be converted to Integer"),
+     ("+optim.learning_rate=1", "optim.learning_rate: Key 'learning_rate' not in 'OptimConfig'")],
+)
+def test_wrong_types_are_refused_naming_the_key(override, message):
+    with initialize_config_dir(config_dir=str(CONF), version_base=None):
+        cfg = compose("train", overrides=[override])
+    with pytest.raises(ValueError) as refused:
+        check_train_config(cfg)
+    assert message in str(refused.value)
+    with initialize_config_dir(config_dir=str(CONF), version_base=None):
+        check_train_config(compose("train", overrides=["gradient_clip_norm=null", "optim.lr=1e-3"]))  # valid
+
+
+def test_a_wrong_type_on_the_command_line_fails_before_any_work(tmp_path):
+    result = train("stage.max_steps=abc", f"engine_dir={tmp_path}")
+    assert result.returncode != 0 and "stage.max_steps='abc': expected an integer >= 0" in result.stderr
+    assert sorted(p.name for p in (tmp_path / "stage1" / "train").iterdir()) == ["hydra"]  # only its log
 
 
 def test_missing_training_data_fails_before_training(tmp_path):

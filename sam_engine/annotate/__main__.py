@@ -23,6 +23,7 @@ from omegaconf import DictConfig
 from sam_engine.annotate.coco_bridge import LAYOUTS, export_coco, import_coco_corrections
 from sam_engine.annotate.label_studio import export_label_studio, import_label_studio
 from sam_engine.cli import run_subcommand
+from sam_engine.utils.config_checks import check_values
 
 EXPORT_LAYOUTS = (*LAYOUTS, "label_studio")
 USAGE = """usage: sam-annotate {export,import} key=value ...   (or python -m sam_engine.annotate ...)
@@ -34,11 +35,12 @@ import: people's corrections (COCO JSON, CVAT zip, Label Studio JSON) -> shards 
 
 
 def export(cfg: DictConfig) -> None:
-    if not isinstance(cfg.evaluation, bool):
-        raise ValueError(f"evaluation={cfg.evaluation!r}: expected true or false")
+    check_values(cfg, booleans=("evaluation",), strings=("out_dir", "layout", "image_prefix", "segmentation"))
     if cfg.layout not in EXPORT_LAYOUTS:
         raise ValueError(f"layout={cfg.layout!r}: expected one of {', '.join(EXPORT_LAYOUTS)}")
     sources = (cfg.sources,) if isinstance(cfg.sources, str) else None if cfg.sources is None else tuple(cfg.sources)
+    if sources is not None and not all(isinstance(source, str) for source in sources):
+        raise ValueError(f"sources={cfg.sources!r}: expected null, a provenance (auto, manual) or a list of them")
     if cfg.layout == "label_studio":
         if cfg.segmentation != "rle":
             raise ValueError(f"segmentation={cfg.segmentation!r}: layout=label_studio writes brush masks (RLE)")
@@ -58,6 +60,7 @@ def is_label_studio_export(path: Path) -> bool:
 
 
 def import_(cfg: DictConfig) -> None:
+    check_values(cfg, integers={"stage.number": 1}, strings=("input", "out_dir", "prefix"))
     path = Path(cfg.input)
     read = import_label_studio if is_label_studio_export(path) else import_coco_corrections
     report = read(path, cfg.pool, cfg.out_dir, stage=int(cfg.stage.number), prefix=cfg.prefix)

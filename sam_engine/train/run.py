@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 from pathlib import Path
 
@@ -21,12 +22,18 @@ from omegaconf import DictConfig, OmegaConf
 from sam_engine.data.shards import MANIFEST
 from sam_engine.model import Sam, load_model
 from sam_engine.model.build import load_timm_encoder
-from sam_engine.train.distributed import check_slurm_allocation, claim_run_dir_for_job, uses_slurm
+from sam_engine.train.distributed import (
+    check_slurm_allocation,
+    claim_run_dir_for_job,
+    other_ranks_killed_on_failure,
+    uses_slurm,
+)
 from sam_engine.train.interactive import SimulationConfig
 from sam_engine.train.module import InteractiveSamModule
 from sam_engine.train.optim import OptimConfig
 from sam_engine.train.requeue import JobRequeued, RequeueOnSignal
 from sam_engine.train.snapshots import ExportSnapshots, export_trained
+from sam_engine.utils.config_checks import check_values, typed_config
 
 log = logging.getLogger(__name__)
 
@@ -64,11 +71,31 @@ def training_sources(cfg: DictConfig) -> list[str]:
     return sources
 
 
+TRAIN_VALUES = {  # check_values' arguments for the train config's own keys (the dataclasses check theirs)
+    "integers": {"seed": 0, "stage.max_steps": 0, "prompt_warmup_steps": 0, "checkpoint_every_n_steps": 1,
+                 "eval.max_clicks": 1, "data.batch_size": 1, "data.val_batch_size": 1, "data.num_workers": 0,
+                 "data.steps_per_epoch": 1, "data.max_masks_per_image": 0, "data.min_image_side": 1,
+                 "data.shuffle_buffer": 0, "data.min_seen": 1},
+    "numbers": {"gradient_clip_norm": (0.0, math.inf), "drop_path_rate": (0.0, 1.0), "eval.noc_threshold": (0.0, 1.0),
+                "snapshot_every_minutes": (0.0, math.inf), "data.max_mask_fraction": (0.0, 1.0),
+                "data.max_bad_fraction": (0.0, 1.0)},
+    "booleans": ("validate_before_training", "grad_checkpointing", "data.pin_memory"),
+    "nullable": ("gradient_clip_norm", "snapshot_every_minutes", "data.val_batch_size"),
+}
+
+
+def check_train_config(cfg: DictConfig) -> None:
+    """Refuse a value of the wrong type or range (``stage.max_steps=abc``) before any work, naming its key."""
+    check_values(cfg, **TRAIN_VALUES)
+    typed_config(SimulationConfig, cfg.simulation, "simulation")
+    typed_config(OptimConfig, cfg.optim, "optim")
+
+
 def build_module(cfg: DictConfig, model: Sam) -> InteractiveSamModule:
     return InteractiveSamModule(
         model,
-        SimulationConfig(**plain(cfg.simulation)),
-        OptimConfig(**{**plain(cfg.optim), "betas": tuple(cfg.optim.betas), "milestones": tuple(cfg.optim.milestones)}),
+        typed_config(SimulationConfig, cfg.simulation, "simulation"),
+        typed_config(OptimConfig, cfg.optim, "optim"),
         seed=cfg.seed,
         prompt_warmup_steps=cfg.prompt_warmup_steps,
         gradient_clip_norm=cfg.gradient_clip_norm,
@@ -100,6 +127,7 @@ def evaluate(cfg: DictConfig) -> dict:
 
 def train(cfg: DictConfig) -> dict:
     """Train as ``cfg`` (the ``train`` config) says; returns what ``metrics.json`` holds."""
+    check_train_config(cfg)
     run_dir = Path(cfg.run_dir)
     seed_everything(cfg.seed, workers=True)  # fresh weights too: a seeded run is reproducible
     if uses_slurm(cfg.trainer):
@@ -120,25 +148,26 @@ def train(cfg: DictConfig) -> dict:
         callbacks.append(ExportSnapshots(run_dir / "snapshots", cfg.snapshot_every_minutes))
     trainer = instantiate(cfg.trainer, default_root_dir=str(run_dir), logger=loggers or False, callbacks=callbacks)
 
-    metrics = {"stage": cfg.stage.name, "model": module.model.config.name}
-    requeued = any(run_dir.glob("hpc_ckpt_*.ckpt"))  # Lightning resumes a requeued SLURM job from it
-    if cfg.validate_before_training and cfg.ckpt_path is None and not requeued:
-        metrics["initial"] = val_metrics(trainer.validate(module, datamodule=datamodule, verbose=False))
-    try:
-        trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
-    except JobRequeued as stop:  # SLURM ends this job now; no export, no metrics.json until the run's end
-        log.info("%s", stop)
-        return {**metrics, "requeued": stop.checkpoint}
-    # The state training ended with, saved also when it stopped between two periodic saves (a time limit, or
-    # max_steps off the interval): last.ckpt resumes from it, and the final validation and the export read it
-    # (without a path, a validation on SLURM would load the newest hpc_ckpt_*.ckpt instead).
-    final_state = run_dir / "checkpoints" / "last.ckpt"
-    trainer.save_checkpoint(final_state)
-    metrics["final"] = val_metrics(
-        trainer.validate(module, datamodule=datamodule, ckpt_path=str(final_state), verbose=False))
-    metrics.update(steps=trainer.global_step, skipped_steps=module.skipped_steps)
+    with other_ranks_killed_on_failure(trainer):
+        metrics = {"stage": cfg.stage.name, "model": module.model.config.name}
+        requeued = any(run_dir.glob("hpc_ckpt_*.ckpt"))  # Lightning resumes a requeued SLURM job from it
+        if cfg.validate_before_training and cfg.ckpt_path is None and not requeued:
+            metrics["initial"] = val_metrics(trainer.validate(module, datamodule=datamodule, verbose=False))
+        try:
+            trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
+        except JobRequeued as stop:  # SLURM ends this job now; no export, no metrics.json until the run's end
+            log.info("%s", stop)
+            return {**metrics, "requeued": stop.checkpoint}
+        # The state training ended with, saved also when it stopped between two periodic saves (a time limit, or
+        # max_steps off the interval): last.ckpt resumes from it, and the final validation and the export read it
+        # (without a path, a validation on SLURM would load the newest hpc_ckpt_*.ckpt instead).
+        final_state = run_dir / "checkpoints" / "last.ckpt"
+        trainer.save_checkpoint(final_state)
+        metrics["final"] = val_metrics(
+            trainer.validate(module, datamodule=datamodule, ckpt_path=str(final_state), verbose=False))
+        metrics.update(steps=trainer.global_step, skipped_steps=module.skipped_steps)
 
-    export_trained(trainer, module.model, run_dir / "export")
+        export_trained(trainer, module.model, run_dir / "export")
     if trainer.is_global_zero:
         (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
         log.info("metrics: %s", json.dumps(metrics))
