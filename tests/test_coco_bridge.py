@@ -229,13 +229,15 @@ def test_the_coco_importer_takes_every_mask_of_our_exports_as_an_object(pool, tm
      ("export", "sources=[auto,3]", "sources=['auto', 3]: expected null, a provenance"),
      ("export", "image_prefix=1.5", "image_prefix=1.5: expected text"),
      ("import", "prefix=123", "prefix=123: expected text"),
-     ("import", "stage.number=abc", "stage.number='abc': expected an integer >= 1")],
+     ("import", "stage.number=abc", "stage.number='abc': expected an integer >= 1"),
+     ("import", "out_dir={tmp}", "out_dir={tmp} is the folder of pool={tmp}")],
 )
 def test_the_annotate_commands_refuse_wrong_types_naming_the_key(tmp_path, command, override, message):
-    paths = {"export": ["shards=s", "out_dir=o"], "import": ["input=i.json", "pool=p", "out_dir=o"]}[command]
+    """Also (last case) corrections written into the pool's own directory, beside the images they correct."""
+    paths = {"export": ["shards=s", "out_dir=o"], "import": ["input=i.json", f"pool={tmp_path}", "out_dir=o"]}[command]
     with initialize_config_dir(config_dir=str(CONF), version_base=None):
-        cfg = compose(f"annotate_{command}", overrides=[*paths, override])
-    with pytest.raises(ValueError, match=re.escape(message)):
+        cfg = compose(f"annotate_{command}", overrides=[*paths, override.format(tmp=tmp_path)])
+    with pytest.raises(ValueError, match=re.escape(message.format(tmp=tmp_path))):
         annotate_command.COMMANDS[command][0](cfg)
 
 

@@ -524,6 +524,16 @@ def test_folder_import_into_its_own_folder_is_refused(tmp_path):
     assert report.imported == 1 and import_folder(tmp_path, tmp_path / "shards").already_present == 1
 
 
+def test_coco_and_sa1b_imports_into_their_inputs_folder_are_refused(tmp_path):
+    """The shards would sit among the images (COCO) or be read back as SA-1B tars by a rerun (SA-1B)."""
+    (tmp_path / "coco.json").write_text(json.dumps({"images": [], "annotations": []}))
+    with pytest.raises(ValueError, match=f"out_dir={re.escape(str(tmp_path))} is the folder of images"):
+        import_coco(tmp_path / "coco.json", tmp_path, tmp_path)
+    with pytest.raises(ValueError, match=f"out_dir={re.escape(str(tmp_path))} is the folder of inputs"):
+        import_sa1b([tmp_path / "elsewhere", tmp_path / "sa_{000000..000001}.tar"], tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["coco.json"]
+
+
 @pytest.mark.parametrize(("override", "message"), [("shard_size=abc", "shard_size='abc': expected an integer >= 1"),
                                                    ("max_pixels=0", "max_pixels=0: expected an integer >= 1")])
 def test_an_importer_refuses_a_wrong_size_by_key(tmp_path, override, message):

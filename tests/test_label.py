@@ -27,10 +27,11 @@ from shard_helpers import encode_image, make_sample, tar_keys_in, write_raw_tar
 
 from sam_engine.data.images import decode_image
 from sam_engine.data.records import make_record, validate_record
+from sam_engine.data.samples import Skipped
 from sam_engine.data.shards import MANIFEST, MANIFEST_FORMAT, read_manifest
 from sam_engine.data.synthetic.dataset import ensure_synthetic_dataset
 from sam_engine.label import __main__ as label_command
-from sam_engine.label.labeller import Labeller, list_input_shards, task_block
+from sam_engine.label.labeller import Labeller, input_samples, list_input_shards, task_block
 from sam_engine.metrics.proposals import ProposalQuality
 
 CONF = Path(__file__).resolve().parents[1] / "sam_engine" / "conf"
@@ -486,6 +487,18 @@ def test_image_folder_keys_come_from_relative_paths_and_sizes_are_upright(disk_e
     assert np.array_equal(decode_image(samples["rgba"][1]), rgb)
     assert decode_image(samples["deep"][1])[0, 0].tolist() == [156, 156, 156]  # 40000 / 257
     assert samples["rgb"][1] == (folder / "rgb.jpg").read_bytes()
+
+
+def test_a_folder_input_reads_no_file_through_a_link_out_of_it(tmp_path):
+    (tmp_path / "photos").mkdir()
+    (tmp_path / "photos" / "a.png").write_bytes(encode_image(np.zeros((8, 8, 3), np.uint8)))
+    (tmp_path / "secret.png").write_bytes(encode_image(np.ones((8, 8, 3), np.uint8)))
+    (tmp_path / "photos" / "b.png").symlink_to(tmp_path / "secret.png")
+    [shard] = list_input_shards(tmp_path / "photos")
+    samples = list(input_samples(shard, tmp_path / "photos"))
+    assert [s.key for s in samples if not isinstance(s, Skipped)] == ["a"]
+    [skipped] = [s for s in samples if isinstance(s, Skipped)]
+    assert skipped.kind == "bad_image" and "outside" in skipped.reason and "b.png" in skipped.reason
 
 
 def test_list_input_shards_of_a_folder(tmp_path):

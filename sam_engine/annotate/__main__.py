@@ -18,12 +18,13 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from sam_engine.annotate.coco_bridge import LAYOUTS, export_coco, import_coco_corrections
 from sam_engine.annotate.label_studio import export_label_studio, import_label_studio
 from sam_engine.cli import run_subcommand
 from sam_engine.utils.config_checks import check_values
+from sam_engine.utils.paths import check_output_is_not_input
 
 EXPORT_LAYOUTS = (*LAYOUTS, "label_studio")
 USAGE = """usage: sam-annotate {export,import} key=value ...   (or python -m sam_engine.annotate ...)
@@ -61,6 +62,8 @@ def is_label_studio_export(path: Path) -> bool:
 
 def import_(cfg: DictConfig) -> None:
     check_values(cfg, integers={"stage.number": 1}, strings=("input", "out_dir", "prefix"))
+    if not OmegaConf.is_list(cfg.pool):  # the pool's own directory would take the masks as a second copy of its images
+        check_output_is_not_input(cfg.pool, cfg.out_dir, input_key="pool", output_key="out_dir")
     path = Path(cfg.input)
     read = import_label_studio if is_label_studio_export(path) else import_coco_corrections
     report = read(path, cfg.pool, cfg.out_dir, stage=int(cfg.stage.number), prefix=cfg.prefix)

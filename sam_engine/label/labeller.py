@@ -35,7 +35,7 @@ from tqdm import tqdm
 
 from sam_engine.amg import SamAutomaticMaskGenerator
 from sam_engine.data.images import ImageDecodeError, decode_image
-from sam_engine.data.importers.base import SkipSample, key_from_path, prepare_image
+from sam_engine.data.importers.base import SkipSample, key_from_path, prepare_image, read_file
 from sam_engine.data.importers.folder import IMAGE_SUFFIXES
 from sam_engine.data.records import make_record
 from sam_engine.data.samples import Sample, Skipped, UnreadableShard, shard_samples
@@ -107,8 +107,8 @@ def input_samples(shard: InputShard, root: Path | None = None) -> Iterator[Sampl
         return
     for path in shard.files:
         relative = path.relative_to(root) if root is not None else Path(path.name)
-        try:
-            prepared = prepare_image(path.read_bytes(), str(path))
+        try:  # only regular files inside the folder: never a link out of it
+            prepared = prepare_image(read_file(path, inside=root if root is not None else path.parent), str(path))
         except (OSError, ValueError, SkipSample) as exc:
             yield Skipped(str(path), "bad_image", str(exc))
             continue

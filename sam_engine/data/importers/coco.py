@@ -47,6 +47,7 @@ from sam_engine.data.importers.base import (
 )
 from sam_engine.data.records import make_annotations, make_record
 from sam_engine.utils.json_input import parse_json
+from sam_engine.utils.paths import check_output_is_not_input
 
 log = logging.getLogger(__name__)
 
@@ -286,10 +287,12 @@ def import_coco(
     Returns:
         The report (also in ``<out_dir>/import_report.json``).
     Raises:
-        ValueError: the annotations file itself is unusable, or ``crowd`` is not a choice.
+        ValueError: the annotations file itself is unusable, ``crowd`` is not a choice, or ``out_dir`` is the
+            images folder.
     """
     if crowd not in CROWD_CHOICES:
         raise ValueError(f"crowd must be one of {CROWD_CHOICES}, got {crowd!r}")
+    check_output_is_not_input(images, out_dir, input_key="images", output_key="out_dir")
     dataset = load_coco_json(annotations)
     ours = isinstance(dataset.get("info"), dict) and "sam_engine_export" in dataset["info"]
     categories = category_names(dataset)

@@ -49,6 +49,7 @@ from sam_engine.data.importers.base import (
 from sam_engine.data.records import mask_areas, validate_record
 from sam_engine.data.shards import is_valid_key
 from sam_engine.utils.json_input import parse_json
+from sam_engine.utils.paths import check_output_is_not_input
 
 log = logging.getLogger(__name__)
 
@@ -245,7 +246,11 @@ def import_sa1b(
         max_pixels: larger images are skipped.
     Returns:
         The report (also in ``<out_dir>/import_report.json``).
+    Raises:
+        ValueError: ``out_dir`` is the folder of an input (a rerun would read its shards back as SA-1B tars).
     """
+    for source in [inputs] if isinstance(inputs, (str, Path)) else inputs:
+        check_output_is_not_input(source, out_dir, input_key="inputs", output_key="out_dir")
     with ImportSink(out_dir, shard_size=shard_size, prefix=prefix) as sink:
         report = sink.report
         for pair in sa1b_pairs(inputs, lambda skip: report.skip(skip.source, skip.kind, skip.reason)):
