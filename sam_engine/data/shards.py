@@ -264,21 +264,24 @@ def shard_sample_counts(urls: Sequence[str]) -> list[int]:
     return counts
 
 
-_MANIFESTS: dict[str, tuple[tuple[int, int], dict]] = {}  # directory -> ((mtime_ns, size), its shard entries)
+_MANIFESTS: dict[str, tuple[tuple[int, ...], dict]] = {}  # directory -> (its manifest's stat, entries without keys)
 _VERIFIED: dict[str, tuple[int, int]] = {}  # shard path -> (size, mtime_ns) when it last matched its manifest
 
 
 def _manifest_entry(path: str) -> dict | None:
-    """The manifest entry of the local shard ``path`` (None without a manifest or entry); each manifest is
-    read once per process while its file stays the same."""
+    """The manifest entry of the local shard ``path`` without its ``keys`` (None without a manifest or entry).
+    Each manifest is read once per process while its file stays the same; what is kept is a few numbers per
+    shard, not the keys of millions of images."""
     directory, name = os.path.split(path)
     try:
         info = os.stat(os.path.join(directory, MANIFEST))
     except FileNotFoundError:
         return None
-    stamp = (info.st_mtime_ns, info.st_size)
+    stamp = (info.st_ino, info.st_mtime_ns, info.st_size)  # replaced by rename: a new inode
     if _MANIFESTS.get(directory, (None,))[0] != stamp:
-        _MANIFESTS[directory] = (stamp, read_manifest(directory)["shards"])
+        entries = read_manifest(directory)["shards"]
+        _MANIFESTS[directory] = (stamp, {shard: {k: v for k, v in entry.items() if k != "keys"}
+                                         for shard, entry in entries.items()})
     return _MANIFESTS[directory][1].get(name)
 
 
