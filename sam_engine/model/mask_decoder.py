@@ -129,8 +129,14 @@ class MaskDecoder(nn.Module):
         return self.iou_prediction_head(tokens[:, 0])
 
     def predict_mask_logits(self, tokens: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
-        """B x 4 x 4h x 4w mask logits of the four outputs, from ``run_transformer``'s tokens and image."""
+        """B x 4 x 4h x 4w mask logits of the four outputs, from ``run_transformer``'s tokens and image.
+
+        An ONNX export traces the plain form (every prompt up-scaled at once, no data-dependent chunks)."""
         batch, outputs = tokens.shape[0], self.num_mask_tokens
+        if torch.onnx.is_in_onnx_export():
+            _, h, w, _ = image.shape
+            logits = self.upscale(image) @ self._hypernetwork_weights(tokens).transpose(1, 2)  # B x 16hw x 4
+            return _mask_grid(logits.transpose(1, 2).reshape(-1, 16 * h * w), h, w).view(batch, outputs, 4 * h, 4 * w)
         prompt = torch.arange(batch, device=tokens.device).repeat_interleave(outputs)
         output = torch.arange(outputs, device=tokens.device).repeat(batch)
         logits = self.predict_selected_mask_logits(tokens, image, prompt, output)
@@ -150,10 +156,7 @@ class MaskDecoder(nn.Module):
         Returns:
             K x 4h x 4w logits.
         """
-        mask_tokens = tokens[:, 1 : 1 + self.num_mask_tokens]
-        hyper_in = torch.stack(
-            [mlp(mask_tokens[:, i]) for i, mlp in enumerate(self.output_hypernetworks_mlps)], dim=1
-        )  # B x 4 x C/8: one fixed loop over the four output tokens
+        hyper_in = self._hypernetwork_weights(tokens)
         _, h, w, channels = image.shape
         prompts, masks_per_prompt = prompt.unique_consecutive(return_counts=True)
         chunk = batch_chunk(image.device, 4 * 16 * h * w * (channels // 8), len(prompts))
@@ -165,9 +168,12 @@ class MaskDecoder(nn.Module):
             local = torch.arange(len(rows), device=rows.device).repeat_interleave(counts)
             parts.append(logits[local, :, output[first : first + len(local)]])  # k x 16hw
             first += len(local)
-        # Each pixel's 16 values are laid out (dy1, dx1, dy2, dx2): row 4i + 2 dy1 + dy2, column 4j + 2 dx1 + dx2.
-        selected = torch.cat(parts).view(-1, h, w, 2, 2, 2, 2)
-        return selected.permute(0, 1, 3, 5, 2, 4, 6).reshape(-1, 4 * h, 4 * w)
+        return _mask_grid(torch.cat(parts), h, w)
+
+    def _hypernetwork_weights(self, tokens: torch.Tensor) -> torch.Tensor:
+        """B x T x C tokens -> B x 4 x C/8: each output token's MLP (one fixed loop over the four)."""
+        mask_tokens = tokens[:, 1 : 1 + self.num_mask_tokens]
+        return torch.stack([mlp(mask_tokens[:, i]) for i, mlp in enumerate(self.output_hypernetworks_mlps)], dim=1)
 
     def upscale(self, image: torch.Tensor) -> torch.Tensor:
         """``output_upscaling`` in the channels-last layout: n x h x w x C -> n x 16hw x C/8.
@@ -182,6 +188,12 @@ class MaskDecoder(nn.Module):
         x = gelu(F.layer_norm(x.view(-1, first.out_channels), (first.out_channels,), norm.weight, norm.bias, norm.eps))
         x = last_gelu(torch.addmm(_pixel_bias(second), x, _pixel_weight(second)))
         return x.view(n, 16 * h * w, second.out_channels)
+
+
+def _mask_grid(logits: torch.Tensor, h: int, w: int) -> torch.Tensor:
+    """K x 16hw logits in ``upscale``'s row order -> K x 4h x 4w: each pixel's 16 values are laid out (dy1, dx1,
+    dy2, dx2), row 4i + 2 dy1 + dy2, column 4j + 2 dx1 + dx2."""
+    return logits.view(-1, h, w, 2, 2, 2, 2).permute(0, 1, 3, 5, 2, 4, 6).reshape(-1, 4 * h, 4 * w)
 
 
 def _pixel_weight(conv: nn.ConvTranspose2d) -> torch.Tensor:

@@ -198,9 +198,11 @@ def _softmax(scores: torch.Tensor, dim: int) -> torch.Tensor:
 
     A confident attention over thousands of image positions gives most of them weights that underflow to
     subnormal numbers; an x86 CPU multiplies those many times slower (docs/performance.md), and they add
-    less than 1e-38 to any result.
+    less than 1e-38 to any result. ONNX has no such threshold: an exported graph keeps them.
     """
     weights = scores.softmax(dim=dim)  # in place where no gradient needs the softmax's output
+    if torch.onnx.is_in_onnx_export():
+        return weights
     return F.threshold(weights, torch.finfo(weights.dtype).tiny, 0.0, inplace=not torch.is_grad_enabled())
 
 
