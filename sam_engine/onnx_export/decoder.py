@@ -18,6 +18,8 @@ three ambiguity-aware outputs for one point, as the official model chooses), els
 
 from __future__ import annotations
 
+import copy
+import io
 import warnings
 from pathlib import Path
 
@@ -26,6 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from sam_engine.model import Sam
+from sam_engine.utils.atomic_files import write_bytes_atomic
 
 ONNX_INPUTS = ("image_embeddings", "point_coords", "point_labels", "mask_input", "has_mask_input", "orig_im_size")
 ONNX_OUTPUTS = ("masks", "iou_predictions", "low_res_masks")
@@ -42,12 +45,14 @@ class OnnxDecoder(nn.Module):
 
     def __init__(self, model: Sam, return_single_mask: bool = True) -> None:
         super().__init__()
-        self.model = model
+        self.prompt_encoder = model.prompt_encoder
+        self.mask_decoder = model.mask_decoder
+        self.img_size = model.img_size
         self.return_single_mask = return_single_mask
 
     def _dense_embedding(self, mask_input: torch.Tensor, has_mask_input: torch.Tensor) -> torch.Tensor:
         """1 x C x h x w: the embedded mask where ``has_mask_input`` is 1, the no-mask embedding where it is 0."""
-        prompt_encoder = self.model.prompt_encoder
+        prompt_encoder = self.prompt_encoder
         no_mask = prompt_encoder.no_mask_embed.weight.reshape(1, -1, 1, 1)
         return has_mask_input * prompt_encoder.mask_downscaling(mask_input) + (1 - has_mask_input) * no_mask
 
@@ -63,7 +68,7 @@ class OnnxDecoder(nn.Module):
 
     def _upscale(self, masks: torch.Tensor, orig_im_size: torch.Tensor) -> torch.Tensor:
         """1 x M x 4h x 4w logits -> 1 x M x H x W: up to the padded input, the padding cut, then to (H, W)."""
-        size = self.model.img_size
+        size = self.img_size
         masks = F.interpolate(masks, size=(size, size), mode="bilinear", align_corners=False)
         orig_im_size = orig_im_size.to(torch.float32)
         resized = torch.floor(orig_im_size * (size / orig_im_size.max()) + 0.5).to(torch.int64)  # as the predictor
@@ -82,10 +87,10 @@ class OnnxDecoder(nn.Module):
         orig_im_size: torch.Tensor,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Masks (1 x M x H x W), their predicted IoUs (1 x M) and low-res logits (1 x M x 4h x 4w)."""
-        prompt_encoder = self.model.prompt_encoder
+        prompt_encoder = self.prompt_encoder
         sparse = prompt_encoder.embed_points(point_coords, point_labels)
         dense = self._dense_embedding(mask_input, has_mask_input)
-        masks, scores = self.model.mask_decoder.predict_all_masks(
+        masks, scores = self.mask_decoder.predict_all_masks(
             image_embeddings, prompt_encoder.get_dense_pe(), sparse, dense
         )
         if self.return_single_mask:
@@ -93,12 +98,12 @@ class OnnxDecoder(nn.Module):
         return self._upscale(masks, orig_im_size), scores, masks
 
 
-def example_inputs(model: Sam, num_points: int = 5) -> dict[str, torch.Tensor]:
+def example_inputs(decoder: OnnxDecoder, num_points: int = 5) -> dict[str, torch.Tensor]:
     """Inputs of the right shapes for tracing (any values do)."""
-    h, w = model.prompt_encoder.image_embedding_size
+    h, w = decoder.prompt_encoder.image_embedding_size
     return {
-        "image_embeddings": torch.randn(1, model.config.prompt_embed_dim, h, w),
-        "point_coords": torch.randint(0, model.img_size, (1, num_points, 2), dtype=torch.float32),
+        "image_embeddings": torch.randn(1, decoder.prompt_encoder.embed_dim, h, w),
+        "point_coords": torch.randint(0, decoder.img_size, (1, num_points, 2), dtype=torch.float32),
         "point_labels": torch.randint(-1, 4, (1, num_points), dtype=torch.float32),
         "mask_input": torch.randn(1, 1, 4 * h, 4 * w),
         "has_mask_input": torch.tensor([1.0]),
@@ -109,16 +114,14 @@ def example_inputs(model: Sam, num_points: int = 5) -> dict[str, torch.Tensor]:
 def export_decoder(model: Sam, path: str | Path, return_single_mask: bool = True, opset: int = OPSET) -> Path:
     """Write the decoding half of ``model`` as ONNX to ``path`` (the official interface; N dynamic).
 
-    The model is traced on the CPU in float32 (TorchScript exporter, as the official script); the file is
-    checked with ``onnx.checker`` before it replaces ``path``.
+    A copy of the decoding half (``model`` itself is left as it is) is traced on the CPU in float32
+    (TorchScript exporter, as the official script); the file is checked with ``onnx.checker`` before it
+    replaces ``path``.
     """
     import onnx  # the onnx extra: pip install 'sam_engine[onnx]'
 
-    from sam_engine.utils.atomic_files import write_bytes_atomic
-
-    decoder = OnnxDecoder(model.float().cpu().eval(), return_single_mask)
-    inputs = example_inputs(model)
-    buffer = _export_bytes(decoder, inputs, opset)
+    decoder = copy.deepcopy(OnnxDecoder(model, return_single_mask)).float().cpu().eval()
+    buffer = _export_bytes(decoder, example_inputs(decoder), opset)
     onnx.checker.check_model(onnx.load_from_string(buffer))
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -127,8 +130,8 @@ def export_decoder(model: Sam, path: str | Path, return_single_mask: bool = True
 
 
 def _export_bytes(decoder: OnnxDecoder, inputs: dict[str, torch.Tensor], opset: int) -> bytes:
-    import io
-
+    """The ONNX file's bytes, N dynamic. The tracer warns where sizes pass through Python ints; the graph still
+    follows other point counts and image sizes than the example's (``tests/test_onnx_export.py`` runs them)."""
     points = {1: "num_points"}
     buffer = io.BytesIO()
     with warnings.catch_warnings():
