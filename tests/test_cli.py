@@ -31,6 +31,7 @@ COMMANDS = [
     *(["sam_engine.data.importers", fmt] for fmt in FORMATS),
     ["sam_engine.data.synthetic"],
     ["sam_engine.data.stats"],
+    ["sam_engine.onnx_export"],
 ]
 
 
@@ -116,3 +117,19 @@ def test_stages():
 def test_each_stage_has_its_config_file(entry):
     cfg = yaml.safe_load((ROOT / "sam_engine" / "conf" / "stage" / f"{entry.config}.yaml").read_text())
     assert (cfg["name"], cfg["number"]) == (entry.config, entry.number)
+
+
+@pytest.mark.parametrize(
+    "command, overrides, message",
+    [("sam_engine.data.synthetic", ["out_dir=o", "num_images=abc"], "num_images='abc': expected an integer >= 0"),
+     ("sam_engine.data.synthetic", ["out_dir=o", "+scene.min_objects=many"],
+      "scene.min_objects: Value 'many' of type 'str' could not be converted to Integer"),
+     ("sam_engine.data.stats", ["sources=s", "out=o", "max_images=0"], "max_images=0: expected an integer >= 1"),
+     ("sam_engine.predict", ["num_clicks=-1"], "num_clicks=-1: expected an integer >= 1"),
+     ("sam_engine.onnx_export", ["checkpoint=c", "return_single_mask=1"],
+      "return_single_mask=1: expected true or false")],
+)
+def test_a_wrong_value_is_refused_by_key_before_any_work(tmp_path, command, overrides, message):
+    result = run_module([command, *overrides], tmp_path)
+    assert result.returncode != 0 and message in result.stderr, result.stderr[-2000:]
+    assert [p.name for p in tmp_path.iterdir()] in ([], ["outputs"])  # at most Hydra's log

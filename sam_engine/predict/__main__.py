@@ -24,6 +24,7 @@ from sam_engine.data.synthetic.scenes import SceneSpec, generate_scene
 from sam_engine.model import load_model
 from sam_engine.predict.predictor import SamPredictor
 from sam_engine.train.prompts import farthest_from_boundary_points
+from sam_engine.utils.config_checks import check_values
 from sam_engine.utils.visualize import overlay_masks, save_png
 
 log = logging.getLogger(__name__)
@@ -50,6 +51,7 @@ def grid_points(height: int, width: int, per_side: int = 3) -> np.ndarray:
 
 def predict(cfg: DictConfig) -> None:
     """Segment ``cfg.image`` (or a synthetic scene) from its clicks; save the overlay to ``cfg.out``."""
+    check_values(cfg, integers={"scene_seed": 0, "num_clicks": 1}, strings=("out", "image"), nullable=("image",))
     model = load_model(cfg.checkpoint, OmegaConf.to_container(cfg.model)).to(cfg.device)
     truth = None
     if cfg.image is None:

@@ -11,11 +11,16 @@ from omegaconf import DictConfig, OmegaConf
 
 from sam_engine.cli import run_command
 from sam_engine.data.synthetic.dataset import ensure_synthetic_dataset
+from sam_engine.data.synthetic.scenes import SceneSpec
+from sam_engine.utils.config_checks import check_values, typed_config
 
 log = logging.getLogger(__name__)
 
 
 def synthetic(cfg: DictConfig) -> None:
+    check_values(cfg, integers={"num_images": 0, "seed": 0, "image_size": 8, "shard_size": 1},
+                 strings=("out_dir", "image_format"))
+    typed_config(SceneSpec, cfg.scene, "scene")
     out_dir = ensure_synthetic_dataset(
         cfg.out_dir,
         num_images=cfg.num_images,
