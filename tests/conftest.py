@@ -42,6 +42,17 @@ def disk_export(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def sharp_disk_export(tmp_path_factory):
+    """The disk model trained 200 steps (~25 s): its largest disk, picked by its predicted IoU, has IoU > 0.8 with
+    a disk of that radius (the web annotator's tests: web_helpers.disk_pool)."""
+    from model_helpers import train_disk_model
+
+    from sam_engine.model import export_sam
+
+    return export_sam(train_disk_model(steps=200), tmp_path_factory.mktemp("sharp_disk_model") / "export")
+
+
+@pytest.fixture(scope="session")
 def disk_thresholds(disk_export):
     """AMG thresholds fitted to the disk model (model_helpers.amg_thresholds on the photograph): masks pass."""
     from model_helpers import amg_thresholds, photograph

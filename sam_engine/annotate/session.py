@@ -72,6 +72,15 @@ def intent_masks(sample: Sample, pool_option: str) -> np.ndarray:
     return decode_masks([a["segmentation"] for a in annotations], (info["height"], info["width"]))
 
 
+def record_info(sample: Sample, shape: tuple[int, int]) -> dict:
+    """``image_id``, ``width``, ``height`` and ``file_name`` of a pool image's record (``make_record``'s first
+    arguments): its own record's, or for a bare image its key, ``shape`` (H, W) and a file name from both."""
+    if sample.record:
+        info = sample.record["image"]
+        return {key: info[key] for key in ("image_id", "width", "height", "file_name")}
+    return {"image_id": sample.key, "width": shape[1], "height": shape[0], "file_name": f"{sample.key}.{sample.ext}"}
+
+
 @dataclass
 class RoundSetup:
     """What an annotation round needs besides its images.

@@ -28,7 +28,7 @@ from sam_engine.utils.config_checks import is_int, is_number
 SOURCES = ("seed", "manual", "auto")
 """Where a mask came from: imported ground truth, a (simulated) annotator, or the model alone."""
 
-PROVENANCE_KEYS = ("source", "stage", "clicks", "seconds", "model")
+PROVENANCE_KEYS = ("source", "stage", "clicks", "strokes", "seconds", "model")
 
 
 class RecordError(ValueError):
@@ -278,8 +278,8 @@ def annotations_from_rles(
         point_coords: N x 2 (x, y) pixel coordinates (required), stored as ``[[x, y]]`` as in SA-1B.
         crop_box: 4 or N x 4, XYWH.
         provenance: subset of ``source`` (seed|manual|auto), ``stage`` (int), ``clicks`` (int),
-            ``seconds`` (float), ``model`` (str); a scalar applies to every mask, a length-N list
-            gives one value per mask.
+            ``strokes`` (int, brush and eraser strokes), ``seconds`` (float), ``model`` (str); a scalar applies
+            to every mask, a length-N list gives one value per mask.
     Returns:
         N annotation dicts holding only JSON types.
     """
@@ -392,6 +392,7 @@ _PROVENANCE_FIELDS = {
     "source": (lambda v: v in SOURCES, f"one of {SOURCES}"),
     "stage": (lambda v: is_int(v) and v >= 0, "an int >= 0"),
     "clicks": (lambda v: is_int(v) and v >= 0, "an int >= 0"),
+    "strokes": (lambda v: is_int(v) and v >= 0, "an int >= 0"),
     "seconds": (lambda v: is_number(v) and v >= 0, "a number >= 0"),
     "model": (lambda v: isinstance(v, str), "a str"),
 }

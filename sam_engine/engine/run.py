@@ -46,6 +46,7 @@ from sam_engine.annotate.session import (
     intent_masks,
     pool_chunk,
     pool_samples,
+    record_info,
     round_statistics,
 )
 from sam_engine.annotate.simulated import SimulatedAnnotator
@@ -265,11 +266,8 @@ class DataEngine:
                 for sample in samples:
                     image = decode_image(sample.data, source=sample.source)
                     annotations = generator.generate(image, provenance) if generator else []
-                    info = sample.record["image"] if sample.record else {
-                        "image_id": sample.key, "width": image.shape[1], "height": image.shape[0],
-                        "file_name": f"{sample.key}.{sample.ext}"}
-                    writer.write(sample.key, sample.data, sample.ext, make_record(
-                        info["image_id"], info["width"], info["height"], info["file_name"], annotations))
+                    writer.write(sample.key, sample.data, sample.ext,
+                                 make_record(**record_info(sample, image.shape[:2]), annotations=annotations))
         coco = export_coco(proposals, directory / "to_annotate", layout="cvat")
         tasks = export_label_studio(proposals, directory / "to_annotate" / "label_studio")
         raise EnginePaused(

@@ -14,6 +14,7 @@ loses its alpha channel, a 16-bit image is scaled to 8 bits (value // 257).
 from __future__ import annotations
 
 import contextlib
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -52,6 +53,20 @@ def as_rgb_uint8(image: np.ndarray, image_format: str = "RGB") -> np.ndarray:
     if image_format == "BGR":
         image = image[..., ::-1]
     return np.ascontiguousarray(image)
+
+
+@dataclass(frozen=True)
+class EmbeddedImage:
+    """An image as the predictor holds it once encoded: kept to switch between images without re-encoding.
+
+    Attributes:
+        features: 1 x C x h x w, the image embedding.
+        original_size: (H, W) of the image; input_size: (h, w) of the resized image before padding.
+    """
+
+    features: torch.Tensor
+    original_size: tuple[int, int]
+    input_size: tuple[int, int]
 
 
 class SamPredictor:
@@ -108,6 +123,18 @@ class SamPredictor:
         self.input_size = (int(transformed_image.shape[2]), int(transformed_image.shape[3]))
         with self._autocast():
             self.features = self.model.encode_images(self.model.preprocess(transformed_image))
+        self.is_image_set = True
+
+    def embedded_image(self) -> EmbeddedImage:
+        """The current image's embedding and sizes (``use_embedded_image`` sets them back)."""
+        self._require_image()
+        return EmbeddedImage(self.features, self.original_size, self.input_size)
+
+    def use_embedded_image(self, embedded: EmbeddedImage) -> None:
+        """Make an image encoded before (``embedded_image``) the current one, without encoding it again."""
+        self.features = embedded.features
+        self.original_size = embedded.original_size
+        self.input_size = embedded.input_size
         self.is_image_set = True
 
     def transform_coords(self, coords: np.ndarray | torch.Tensor) -> torch.Tensor:
