@@ -28,6 +28,7 @@ COMMANDS = [
     ["sam_engine.engine"],
     ["sam_engine.predict"],
     *(["sam_engine.annotate", command] for command in ("export", "import")),
+    ["sam_engine.annotate.web"],
     *(["sam_engine.data.importers", fmt] for fmt in FORMATS),
     ["sam_engine.data.synthetic"],
     ["sam_engine.data.stats"],
@@ -127,7 +128,12 @@ def test_each_stage_has_its_config_file(entry):
      ("sam_engine.data.stats", ["sources=s", "out=o", "max_images=0"], "max_images=0: expected an integer >= 1"),
      ("sam_engine.predict", ["num_clicks=-1"], "num_clicks=-1: expected an integer >= 1"),
      ("sam_engine.onnx_export", ["checkpoint=c", "return_single_mask=1"],
-      "return_single_mask=1: expected true or false")],
+      "return_single_mask=1: expected true or false"),
+     ("sam_engine.annotate.web", ["pool=p", "checkpoint=c", "out_dir=o", "stage=3"], "stage=3: people annotate in"),
+     ("sam_engine.annotate.web", ["pool=p", "checkpoint=c", "out_dir=o", "serve.port=http"],
+      "serve.port: Value 'http' of type 'str' could not be converted to Integer"),
+     ("sam_engine.annotate.web", ["pool=p", "checkpoint=c", "out_dir=o", "serve.host=0.0.0.0"],
+      "host=0.0.0.0: not a loopback address")],
 )
 def test_a_wrong_value_is_refused_by_key_before_any_work(tmp_path, command, overrides, message):
     result = run_module([command, *overrides], tmp_path)

@@ -306,9 +306,10 @@ def bind(options: ServeOptions) -> socket.socket:
 
 
 def serve(round_: WebRound, segmenter: Segmenter, options: ServeOptions,
-          on_ready: Callable[[str], None] = lambda url: None) -> bool:
-    """Serve the round until its shard is published (True) or the server is stopped (Ctrl+C: False; the
-    drafts keep what was accepted). ``on_ready`` gets the page's address once the port is bound."""
+          on_ready: Callable[[str], None] = lambda url: None, stop: threading.Event | None = None) -> bool:
+    """Serve the round until its shard is published (True), or until the server is stopped (Ctrl+C, or
+    ``stop`` set: False; the drafts keep what was accepted). ``on_ready`` gets the page's address once the
+    port is bound."""
     options.check()
     sock = bind(options)
     host, port = sock.getsockname()[:2]
@@ -317,20 +318,20 @@ def serve(round_: WebRound, segmenter: Segmenter, options: ServeOptions,
         url += f"#token={urllib.parse.quote(options.token, safe='')}"
     server = uvicorn.Server(uvicorn.Config(create_app(round_, segmenter, options), log_level="warning",
                                            timeout_graceful_shutdown=5))
-    stop = threading.Event()
+    stop = stop or threading.Event()
+    ended = threading.Event()
 
     def stop_when_published() -> None:
-        while not stop.wait(0.2):
-            if round_.published:
+        while not ended.wait(0.2):
+            if round_.published or stop.is_set():
                 server.should_exit = True
                 return
 
-    watcher = threading.Thread(target=stop_when_published, daemon=True)
-    watcher.start()
+    threading.Thread(target=stop_when_published, daemon=True).start()
     on_ready(url)
     try:
         server.run(sockets=[sock])
     finally:
-        stop.set()
+        ended.set()
         sock.close()
     return round_.published
