@@ -7,9 +7,12 @@ import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
+import threading
 import time
+import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -259,6 +262,64 @@ def test_people_round_pauses_for_coco_corrections_and_imports_them(tmp_path):
         got = [a["segmentation"] for a in record["annotations"]]
         assert np.array_equal(mask_utils.decode(got), mask_utils.decode(expected))
         assert {a["source"] for a in record["annotations"]} == {"manual"}
+
+
+def test_web_round_serves_the_page_and_retrains_on_what_people_accepted(tmp_path):
+    from web_helpers import post
+
+    from sam_engine.annotate.web.masks import mask_to_png
+
+    token, port, problems, accepted = "a-secret-of-sixteen-chars", free_port(), [], []
+    url = f"http://127.0.0.1:{port}/"
+
+    def person() -> None:  # a person on the page: a click on each of two objects, the mask brushed to the truth
+        try:
+            while not serving(url):
+                time.sleep(0.2)
+            truth = {s.key: s.record for s in pool_samples(tmp_path / "data" / "pool1")}
+            while (image := post(url, "api/next", {"client": "p"}, token)[1]["image"]) is not None:
+                held = {"client": "p", "key": image["key"]}
+                for annotation in truth[image["key"]]["annotations"][:2]:
+                    x, y = annotation["point_coords"][0]
+                    assert post(url, "api/segment", {**held, "points": [[x, y, 1]]}, token)[0] == 200
+                    mask = mask_utils.decode(annotation["segmentation"]).astype(bool)
+                    status, _ = post(url, "api/accept", {**held, "mask": mask_to_png(mask), "clicks": 1, "strokes": 3,
+                                                         "seconds": 5.0, "point": [x, y]}, token)
+                    assert status == 200
+                    accepted.append((image["key"], annotation["segmentation"]))
+                assert post(url, "api/finish", held, token)[0] == 200
+        except Exception as exc:  # noqa: BLE001 -- reported by the test
+            problems.append(exc)
+
+    thread = threading.Thread(target=person, daemon=True)
+    thread.start()
+    rows = run(tmp_path, "annotator.kind=web", "stage1.rounds=1", f"annotator.web.port={port}",
+               f"annotator.web.token={token}", stages=(0, 1))
+    thread.join(30)
+    assert problems == []
+    assert [r["step"] for r in rows] == ["seed", "stage1/round1"]
+    assert rows[1]["manual_masks"] == len(accepted) == 4 and rows[1]["train_steps"] == 2  # retrained on them
+    assert (rows[1]["clicks_per_mask"], rows[1]["seconds_per_mask"]) == (1.0, 5.0)
+    written = records(tmp_path / "run" / "stage1" / "shards")
+    assert sorted((r["image"]["image_id"], a["segmentation"]["counts"]) for r in written for a in r["annotations"]) \
+        == sorted((key, rle["counts"]) for key, rle in accepted)
+    assert {(a["source"], a["strokes"]) for r in written for a in r["annotations"]} == {("manual", 3)}
+    assert token not in (tmp_path / "run" / "engine_config.json").read_text()
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def serving(url: str) -> bool:
+    """Whether the page answers at ``url``."""
+    try:
+        with urllib.request.urlopen(url, timeout=5):
+            return True
+    except OSError:
+        return False
 
 
 def test_a_finished_step_is_logged_with_its_headline_figures():

@@ -50,6 +50,9 @@ from sam_engine.annotate.session import (
     round_statistics,
 )
 from sam_engine.annotate.simulated import SimulatedAnnotator
+from sam_engine.annotate.web.round import WebRound
+from sam_engine.annotate.web.segmenter import Segmenter
+from sam_engine.annotate.web.server import ServeOptions, serve
 from sam_engine.data.images import decode_image
 from sam_engine.data.importers.folder import import_folder
 from sam_engine.data.records import decode_masks, make_record
@@ -63,12 +66,13 @@ from sam_engine.stages import FINAL_STEP, SEED_STEP
 from sam_engine.stages import stage as stage_of
 from sam_engine.train.distributed import one_process, starts_processes, uses_slurm
 from sam_engine.train.run import evaluate, train
+from sam_engine.utils.config_checks import typed_config
 from sam_engine.utils.device import pick_device
 from sam_engine.utils.visualize import overlay_masks, save_png
 
 log = logging.getLogger(__name__)
 
-ANNOTATOR_KINDS = ("simulated", "people")
+ANNOTATOR_KINDS = ("simulated", "people", "web")
 ENGINE_GROUPS = ("model", "trainer")
 """The train config's groups that the engine config holds itself: every training of a run uses them."""
 CORRECTED = ("corrected.json", "corrected.zip", "corrected_label_studio.json")
@@ -184,6 +188,8 @@ class DataEngine:
         model = load_model(export).to(self.device).eval()
         if self.cfg.annotator.kind == "people":
             self.people_round(directory, samples, model, export, stage, shards, prefix)
+        elif self.cfg.annotator.kind == "web":
+            self.web_round(samples, model, export, stage, shards, prefix)
         else:
             setup = RoundSetup(
                 predictor=SamPredictor(model),
@@ -277,6 +283,21 @@ class DataEngine:
             f"{directory / CORRECTED[1]}, Label Studio's JSON export at {directory / CORRECTED[2]} or a COCO "
             f"file at {directory / CORRECTED[0]}, and run the engine again"
         )
+
+    def web_round(self, samples, model, export: Path, stage: int, shards: Path, prefix: str) -> None:
+        """A round annotated by people on the page the engine serves (``annotator.web``), until every image is
+        finished and the round's shard published. Stopped before (Ctrl+C), the engine pauses; its rerun serves
+        the round again with what was accepted so far."""
+        options = typed_config(ServeOptions, self.cfg.annotator.web, "annotator.web")
+        prefill = self.prefill_generator(model) if stage == 2 else None
+        round_ = WebRound(samples, shards, prefix, stage, model_id(export), prefill,
+                          claim_seconds=options.claim_minutes * 60)
+        if round_.published:
+            return
+        if not serve(round_, Segmenter(model), options,
+                     on_ready=lambda url: log.info("stage %d %s: annotate at %s", stage, prefix, url)):
+            raise EnginePaused(f"stage {stage} {prefix}: the annotation page stopped with {round_.progress()}; "
+                               "run the engine again to go on with the round")
 
     def log_overlay(self, name: str, shards: Path) -> None:
         """The masks of the first image a step collected, over the image: ``<step>/overlay.png`` and wandb."""

@@ -7,17 +7,30 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
+from sam_engine.annotate.web.server import ServeOptions
 from sam_engine.engine.dashboard import NullDashboard, WandbDashboard, write_engine_summary
 from sam_engine.engine.run import ENGINE_GROUPS, DataEngine
 from sam_engine.engine.steps import EnginePaused, Steps, record_run_config
 from sam_engine.stages import FINAL_STEP, SEED_STEP, STAGES
-from sam_engine.utils.config_checks import check_values
+from sam_engine.utils.config_checks import check_values, typed_config
 
 log = logging.getLogger(__name__)
 
 ALL_STEPS = (SEED_STEP, *(stage.number for stage in STAGES), FINAL_STEP)
-UNCLAIMED_KEYS = ("logger",)
-"""Config keys that do not change what the steps write: a rerun may change them."""
+UNCLAIMED_KEYS = ("logger", "annotator.web")
+"""Config keys (dotted) that do not change what the steps write: a rerun may change them."""
+
+
+def without(config: dict, keys: tuple[str, ...]) -> dict:
+    """A copy of ``config`` without the dotted ``keys`` (``"annotator.web"``: the ``web`` entry of ``annotator``)."""
+    out = dict(config)
+    for key in keys:
+        head, _, rest = key.partition(".")
+        if rest and isinstance(out.get(head), dict):
+            out[head] = without(out[head], (rest,))
+        elif not rest:
+            out.pop(head, None)
+    return out
 
 
 def check_engine_config(cfg: DictConfig) -> None:
@@ -33,6 +46,8 @@ def check_engine_config(cfg: DictConfig) -> None:
                  "annotator.move_on_seconds": (0.0, 1e9)},
         booleans=("logger.wandb",),
     )
+    if cfg.annotator.kind == "web":
+        typed_config(ServeOptions, cfg.annotator.web, "annotator.web").check()
 
 
 def run_engine(cfg: DictConfig, stages: tuple[int, ...] = ALL_STEPS) -> list[dict] | None:
@@ -48,7 +63,8 @@ def run_engine(cfg: DictConfig, stages: tuple[int, ...] = ALL_STEPS) -> list[dic
               if OmegaConf.is_config(cfg[key]) else cfg[key]
               for key in cfg if key != "stage"}  # stage=N says which steps run, not how; the groups' references
     # (trainer.max_steps: ${stage.max_steps}) resolve in each training's config
-    record_run_config(run_dir, {key: value for key, value in config.items() if key not in UNCLAIMED_KEYS})
+    config = without(config, ("annotator.web.token",))  # a secret: in no file of the run, nor on wandb
+    record_run_config(run_dir, without(config, UNCLAIMED_KEYS))
     if cfg.logger.wandb:
         dashboard = WandbDashboard(cfg.logger.project, group=run_dir.resolve().name, run_dir=run_dir,
                                    mode=cfg.logger.get("mode"), config=config)

@@ -29,10 +29,10 @@ from sam_engine.utils.paths import check_output_is_not_input
 
 def annotate(cfg: DictConfig) -> dict:
     """Serve one round (the ``annotate_web`` config) until it is published or stopped; returns its progress."""
-    check_values(cfg, integers={"stage": 1, "start": 0, "images": 1},
-                 strings=("pool", "checkpoint", "out_dir", "prefix", "device"))
-    if cfg.stage not in (1, 2):
-        raise ValueError(f"stage={cfg.stage}: people annotate in stage 1 or 2 (stage 3 is sam-label)")
+    check_values(cfg, integers={"start": 0, "images": 1}, strings=("pool", "checkpoint", "out_dir", "prefix", "device"))
+    stage = cfg.stage.number
+    if stage not in (1, 2):
+        raise ValueError(f"stage={stage}: people annotate in stage 1 or 2 (stage 3's masks come from sam-label)")
     options = typed_config(ServeOptions, cfg.serve, "serve")
     options.check()
     check_output_is_not_input(cfg.pool, cfg.out_dir, input_key="pool", output_key="out_dir")
@@ -41,9 +41,9 @@ def annotate(cfg: DictConfig) -> dict:
         raise ValueError(f"pool={cfg.pool}: no readable image from start={cfg.start}")
     model = load_model(cfg.checkpoint, cfg.get("model")).to(pick_device(cfg.device)).eval()
     prefill = None
-    if cfg.stage == 2:
+    if stage == 2:
         prefill = SamAutomaticMaskGenerator(model, **OmegaConf.to_container(cfg.prefill, resolve=True))
-    round_ = WebRound(samples, cfg.out_dir, cfg.prefix, cfg.stage, model_id(cfg.checkpoint), prefill,
+    round_ = WebRound(samples, cfg.out_dir, cfg.prefix, stage, model_id(cfg.checkpoint), prefill,
                       claim_seconds=options.claim_minutes * 60)
     serve(round_, Segmenter(model), options, on_ready=lambda url: print(f"annotate at {url}", flush=True))
     progress = round_.progress()
