@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test lint bench clean
+.PHONY: install browser demo test lint bench clean
 
 # Re-installs only when pyproject.toml changes.
 install: $(STAMP)
@@ -15,10 +15,23 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e ".[dev]"
 	touch $(STAMP)
 
+# The web annotator's browser test drives Debian's Chromium: installed with apt-get where missing (as root).
+BROWSER_PACKAGES := chromium chromium-driver
+browser:
+	@if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    export DEBIAN_FRONTEND=noninteractive; \
+	    apt-get install -y -q $(BROWSER_PACKAGES) >/dev/null || \
+	      { apt-get update -q >/dev/null && apt-get install -y -q $(BROWSER_PACKAGES) >/dev/null; }; \
+	  else \
+	    echo "make: chromium missing and not root: the browser tests skip (apt-get install $(BROWSER_PACKAGES))"; \
+	  fi; \
+	fi
+
 demo: install
 	$(BIN)/python -m sam_engine.engine
 
-test: install
+test: install browser
 	$(BIN)/python -m pytest -q
 
 lint: install
