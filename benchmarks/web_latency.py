@@ -51,6 +51,13 @@ def wait_for(driver, attribute: str, value: str, timeout: float = 120) -> None:
         lambda d: d.find_element(By.TAG_NAME, "body").get_attribute(f"data-{attribute}") == value)
 
 
+def wait_for_image(driver, key: str, timeout: float = 300) -> None:
+    """Until the page shows image ``key``, ready for clicks."""
+    WebDriverWait(driver, timeout).until(lambda d: d.execute_script(
+        "const s = window.samEngine.state; return document.body.dataset.phase === 'ready' && s.image && s.image.key")
+        == key)
+
+
 def click(driver, x: float, y: float, size: tuple[int, int], background: bool = False) -> None:
     """A click at image pixel (x, y) of the canvas (the image is ``size`` = (H, W)); Shift-click for background."""
     canvas = driver.find_element(By.ID, "view")
@@ -113,7 +120,7 @@ def measure(variant: str, checkpoint: str | None, pool: Path, objects: int, refi
                 driver.get(addresses[0])
             else:
                 ActionChains(driver).send_keys(" ").perform()
-            wait_for(driver, "phase", "ready")
+            wait_for_image(driver, sample.key)
             loads.append(time.perf_counter() - start)
             info = sample.record["image"]
             size = (info["height"], info["width"])

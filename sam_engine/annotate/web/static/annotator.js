@@ -17,8 +17,8 @@ sessionStorage.setItem("samEngineClient", client);
 
 const state = {
   image: null,        // {key, width, height, stage, bitmap}
-  prefilled: [],      // [{id, mask (canvas), tinted, rejected}]
-  accepted: [],       // [{id, tinted}]
+  prefilled: [],      // [{id, mask (canvas), look: drawn(), rejected}]
+  accepted: [],       // [{id, look: drawn()}]
   current: null,      // the object being annotated, see newObject()
   mode: "prompt",     // prompt | brush | erase
   brushRadius: 8,
@@ -83,6 +83,28 @@ function tinted(mask, colour) {
   return canvas;
 }
 
+// The ring of pixels within `width` of a mask, outside it, in `colour`: the mask's outline.
+function outline(mask, colour, width) {
+  const canvas = canvasOf(mask.width, mask.height);
+  const c = canvas.getContext("2d");
+  for (const [dx, dy] of [[-width, 0], [width, 0], [0, -width], [0, width]]) c.drawImage(mask, dx, dy);
+  c.globalCompositeOperation = "destination-out";
+  c.drawImage(mask, 0, 0);
+  c.globalCompositeOperation = "source-in";
+  c.fillStyle = colour;
+  c.fillRect(0, 0, canvas.width, canvas.height);
+  return canvas;
+}
+
+// A mask drawn on the image: its tinted fill and its outline, made once.
+function drawn(mask, colour) {
+  return { fill: tinted(mask, colour), edge: outline(mask, colour, lineWidth()) };
+}
+
+function lineWidth() {
+  return Math.max(1, Math.round(state.image.width / 400));
+}
+
 function isEmpty(mask) {
   const alpha = mask.getContext("2d").getImageData(0, 0, mask.width, mask.height).data;
   for (let i = 3; i < alpha.length; i += 4) if (alpha[i] >= 128) return false;
@@ -128,10 +150,8 @@ function showCandidate(object, index) {
   c.drawImage(object.candidates[index].bitmap, 0, 0);
 }
 
-async function addPrompt(prompt) {
-  if (state.busy) return;
+async function addPrompt(prompt, clickedAt) {
   const object = current();
-  const clickedAt = performance.now();
   snapshot(object);
   object.prompts.push(prompt);
   object.clicks += 1;
@@ -192,7 +212,7 @@ async function accept() {
       seconds: (performance.now() - object.started) / 1000,
       point: firstClick ? [firstClick.x, firstClick.y] : null,
     });
-    state.accepted.push({ id: answer.id, tinted: tinted(object.mask, COLOURS[answer.id % COLOURS.length]) });
+    state.accepted.push({ id: answer.id, look: drawn(object.mask, COLOURS[answer.id % COLOURS.length]) });
     document.body.dataset.accepted = String(state.accepted.length);
     clearObject();
     say(`accepted mask ${answer.id}`);
@@ -254,10 +274,10 @@ async function load() {
   state.image.bitmap = await imageBitmap(image.key);
   state.prefilled = await Promise.all(image.prefilled.map(async (p) => {
     const mask = maskCanvas(await pngBitmap(p.png));
-    return { id: p.id, mask, tinted: tinted(mask, COLOURS[p.id % COLOURS.length]), rejected: false };
+    return { id: p.id, mask, look: drawn(mask, COLOURS[p.id % COLOURS.length]), rejected: false };
   }));
   state.accepted = await Promise.all(image.accepted.map(async (a) => (
-    { id: a.id, tinted: tinted(maskCanvas(await pngBitmap(a.png)), COLOURS[a.id % COLOURS.length]) })));
+    { id: a.id, look: drawn(maskCanvas(await pngBitmap(a.png)), COLOURS[a.id % COLOURS.length]) })));
   document.body.dataset.accepted = String(state.accepted.length);
   state.current = null;
   view.width = image.width;
@@ -279,18 +299,25 @@ function render() {
   if (!state.image) return;
   ctx.globalAlpha = 1;
   ctx.drawImage(state.image.bitmap, 0, 0);
-  const line = Math.max(1, state.image.width / 400);
-  for (const p of state.prefilled) {
-    ctx.globalAlpha = p.rejected ? 0.08 : 0.35;
-    ctx.drawImage(p.tinted, 0, 0);
+  const line = lineWidth();
+  for (const p of state.prefilled) { // pre-filled: outlined, lightly filled; rejected ones faint
+    ctx.globalAlpha = p.rejected ? 0.1 : 0.25;
+    ctx.drawImage(p.look.fill, 0, 0);
+    ctx.globalAlpha = p.rejected ? 0.3 : 1;
+    ctx.drawImage(p.look.edge, 0, 0);
   }
-  ctx.globalAlpha = 0.5;
-  for (const a of state.accepted) ctx.drawImage(a.tinted, 0, 0);
+  for (const a of state.accepted) {
+    ctx.globalAlpha = 0.5;
+    ctx.drawImage(a.look.fill, 0, 0);
+    ctx.globalAlpha = 1;
+    ctx.drawImage(a.look.edge, 0, 0);
+  }
   const object = state.current;
   if (object) {
     ctx.globalAlpha = 0.55;
     ctx.drawImage(tinted(object.mask, CURRENT), 0, 0);
     ctx.globalAlpha = 1;
+    ctx.drawImage(outline(object.mask, "#ffffff", line), 0, 0);
     ctx.lineWidth = line;
     for (const p of object.prompts) {
       if (p.type === "box") {
@@ -423,12 +450,13 @@ view.addEventListener("pointerup", (event) => {
   state.press = null;
   if (!press || !state.image) return;
   const at = imagePoint(event);
+  const clickedAt = performance.now();
   if (press.painting) return render();
   if (press.dragging) {
     const box = [Math.min(press.x, at.x), Math.min(press.y, at.y), Math.max(press.x, at.x), Math.max(press.y, at.y)];
-    addPrompt({ type: "box", box });
+    enqueue(() => addPrompt({ type: "box", box }, clickedAt));
   } else {
-    addPrompt({ type: "point", x: press.x, y: press.y, label: press.label });
+    enqueue(() => addPrompt({ type: "point", x: press.x, y: press.y, label: press.label }, clickedAt));
   }
 });
 
@@ -449,22 +477,29 @@ const KEYS = {
   u: "undo-accept", r: "reject", " ": "next-image", ArrowRight: "next-image",
 };
 
+// Prompts and actions run one after the other, in the order given: Enter then Space while the server is
+// still answering a click accepts that click's mask, then moves on.
+let queue = Promise.resolve();
+function enqueue(action) {
+  queue = queue.then(() => state.image && action()).catch((error) => say(error.message));
+}
+
 document.addEventListener("keydown", (event) => {
   if (event.target instanceof HTMLButtonElement && (event.key === "Enter" || event.key === " ")) {
     event.preventDefault(); // a focused button would take the key as its own click
   }
-  if (state.busy || !state.image) return;
-  if (["1", "2", "3"].includes(event.key)) return choose(Number(event.key) - 1);
-  if (event.key === "[") state.brushRadius = Math.max(1, state.brushRadius / 1.5);
+  if (!state.image) return;
+  if (["1", "2", "3"].includes(event.key)) enqueue(() => choose(Number(event.key) - 1));
+  else if (event.key === "[") state.brushRadius = Math.max(1, state.brushRadius / 1.5);
   else if (event.key === "]") state.brushRadius = Math.min(500, state.brushRadius * 1.5);
-  else if (KEYS[event.key]) ACTIONS[KEYS[event.key]]();
+  else if (KEYS[event.key]) enqueue(ACTIONS[KEYS[event.key]]);
   else return;
   event.preventDefault();
   render();
 });
 
 for (const button of document.querySelectorAll("#tools button")) {
-  button.addEventListener("click", () => state.image && ACTIONS[button.dataset.action]());
+  button.addEventListener("click", () => enqueue(ACTIONS[button.dataset.action]));
 }
 
 setMode("prompt");
