@@ -18,6 +18,7 @@ from sam_engine.annotate.web.masks import mask_to_png, png_to_mask
 from sam_engine.annotate.web.round import RoundConflict, WebRound
 from sam_engine.annotate.web.segmenter import Segmenter
 from sam_engine.annotate.web.server import ServeOptions, serve
+from sam_engine.data.samples import Sample
 from sam_engine.model import build_sam
 
 TOKEN = "sixteen-characters-at-least"
@@ -66,6 +67,15 @@ def test_accepted_masks_survive_a_restart_and_the_round_publishes_whole(tmp_path
         "source": "manual", "stage": 1, "model": "model@abc", "clicks": 3, "strokes": 2, "seconds": 7.25}
     assert annotation["point_coords"] == [[100.0, 120.0]]
     assert WebRound(pool, out, "round01", 1, "m").claim("x") is None  # a published round offers nothing
+
+
+def test_an_undecodable_image_is_skipped_and_counted_and_the_round_goes_on(tmp_path, pool):
+    broken = Sample("broken", b"\x89PNG not really", "png", None, "test:broken")
+    round_ = WebRound([broken, *pool[:1]], tmp_path, "round01", 1, "m")
+    n = round_.claim("alice")
+    assert n == 1 and round_.drafts[0].skipped and round_.progress()["finished"] == 1
+    round_.finish(n, rejected=[])
+    assert round_.published and [s.key for s in pool_samples(tmp_path)] == ["disk0"]
 
 
 def test_a_draft_of_another_round_is_refused_naming_the_file(tmp_path, pool):

@@ -127,8 +127,9 @@ class WebRound:
             for n, draft in enumerate(self.drafts):
                 if draft.done or draft.skipped is not None or n in holds:
                     continue
+                sample = self.samples[n]
                 try:
-                    image = self.image(n)
+                    image = decode_image(sample.data, source=sample.source)
                 except ImageDecodeError as exc:
                     draft.skipped = str(exc)
                     log.warning("skipped %s", exc)
@@ -138,6 +139,7 @@ class WebRound:
                     draft.prefilled = self._prefilled(image)
                     self._save(n)
                 self._holds[n] = Hold(client, time.monotonic())
+                self._images[n] = image
                 return n
             self._publish_when_finished()
             return None
@@ -168,12 +170,12 @@ class WebRound:
     # --- the image and its masks ---------------------------------------------------------------------------
 
     def image(self, n: int) -> np.ndarray:
-        """Image ``n`` decoded (H x W x 3 uint8); kept while it is held."""
+        """Image ``n`` decoded (H x W x 3 uint8); kept while it is held (at most one image per page)."""
         with self._lock:
-            if n not in self._images:
-                sample = self.samples[n]
-                self._images[n] = decode_image(sample.data, source=sample.source)
-            return self._images[n]
+            if n in self._images:
+                return self._images[n]
+            sample = self.samples[n]
+            return decode_image(sample.data, source=sample.source)
 
     def image_png(self, n: int) -> bytes:
         """Image ``n`` as the model sees it (upright RGB), as a PNG for the page."""
