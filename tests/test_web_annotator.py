@@ -15,7 +15,7 @@ from web_helpers import DISKS, SIDE, disk_mask, disk_pool, post
 from sam_engine.amg import SamAutomaticMaskGenerator
 from sam_engine.annotate.session import pool_samples
 from sam_engine.annotate.web.masks import mask_to_png, png_to_mask
-from sam_engine.annotate.web.round import RoundConflict, WebRound
+from sam_engine.annotate.web.round import RoundConflict, UnknownImage, WebRound
 from sam_engine.annotate.web.segmenter import Segmenter
 from sam_engine.annotate.web.server import ServeOptions, serve
 from sam_engine.data.samples import Sample
@@ -38,7 +38,7 @@ def test_two_pages_never_hold_the_same_image_and_a_lapsed_hold_goes_to_the_other
         round_.holder_check("bob", "disk0")
     time.sleep(0.6)
     assert round_.claim("carol") == 0  # alice's hold lapsed
-    with pytest.raises(KeyError):
+    with pytest.raises(UnknownImage, match="no image '../../etc/passwd' in this round"):
         round_.holder_check("carol", "../../etc/passwd")
 
 

@@ -41,6 +41,10 @@ class RoundConflict(ValueError):
     """A request about an image its client does not hold, or a round already published."""
 
 
+class UnknownImage(LookupError):
+    """No image of the round has the key a request names."""
+
+
 @dataclass
 class Draft:
     """What people did on one image so far (saved as ``<n>.json``).
@@ -144,15 +148,21 @@ class WebRound:
             self._publish_when_finished()
             return None
 
+    def index_of(self, key: str) -> int:
+        """The position of image ``key`` in the round (raises UnknownImage, naming it, for another key)."""
+        if key not in self.index:
+            raise UnknownImage(f"no image {key!r} in this round")
+        return self.index[key]
+
     def holder_check(self, client: str, key: str) -> int:
         """The index of image ``key``, which ``client`` must hold (its hold is renewed).
 
         Raises:
-            KeyError: no image of the round has that key.
+            UnknownImage: no image of the round has that key.
             RoundConflict: the client does not hold it (never did, or its hold lapsed and another took it).
         """
         with self._lock:
-            n = self.index[key]
+            n = self.index_of(key)
             hold = self._live_holds().get(n)
             if hold is None or hold.client != client:
                 raise RoundConflict(f"image {key} is not held by this page (its hold lapsed, or another person "

@@ -37,7 +37,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from sam_engine.annotate.web.masks import MaskPngError, mask_to_png, png_to_mask
-from sam_engine.annotate.web.round import RoundConflict, WebRound
+from sam_engine.annotate.web.round import RoundConflict, UnknownImage, WebRound
 from sam_engine.annotate.web.segmenter import Segmenter
 from sam_engine.utils.json_input import parse_json
 
@@ -176,7 +176,7 @@ def create_app(round_: WebRound, segmenter: Segmenter, options: ServeOptions) ->
         return hmac.compare_digest(given.encode(), f"Bearer {options.token}".encode())
 
     def api(handler):
-        """Token check, and BadRequest/RoundConflict/KeyError answered as JSON errors."""
+        """Token check, and BadRequest/RoundConflict/UnknownImage answered as JSON errors."""
         async def endpoint(request: Request) -> Response:
             if not authorised(request):
                 return JSONResponse({"error": "missing or wrong token"}, status_code=401)
@@ -186,8 +186,8 @@ def create_app(round_: WebRound, segmenter: Segmenter, options: ServeOptions) ->
                 return JSONResponse({"error": str(exc)}, status_code=exc.status)
             except RoundConflict as exc:
                 return JSONResponse({"error": str(exc)}, status_code=409)
-            except KeyError as exc:
-                return JSONResponse({"error": f"no image {exc} in this round"}, status_code=404)
+            except UnknownImage as exc:
+                return JSONResponse({"error": str(exc)}, status_code=404)
         return endpoint
 
     async def held(request: Request) -> tuple[dict, str, int]:
@@ -216,7 +216,7 @@ def create_app(round_: WebRound, segmenter: Segmenter, options: ServeOptions) ->
 
     async def image(request: Request) -> Response:
         key = request.query_params.get("key", "")
-        n = round_.index[key]
+        n = round_.index_of(key)
         return Response(await run_in_threadpool(round_.image_png, n), media_type="image/png",
                         headers={"Cache-Control": "no-store"})
 
