@@ -130,10 +130,13 @@ def test_engine_summary_files_and_wandb_hold_the_per_stage_metrics(engine_run):
         [r["seconds_per_mask"] for r in rows if r.get("seconds_per_mask") is not None])
 
 
-def test_engine_rerun_skips_finished_steps_and_refuses_another_config(engine_run):
+def test_engine_rerun_skips_finished_steps_and_refuses_another_config(engine_run, caplog):
     tmp_path, rows = engine_run
     done = {step: (tmp_path / "run" / step / "done.json").stat().st_mtime_ns for step in STEPS}
-    assert run(tmp_path, "logger.wandb=true") == rows
+    with caplog.at_level("INFO", logger="sam_engine.engine.steps"):
+        assert run(tmp_path, "logger.wandb=true") == rows
+    assert [r.getMessage() for r in caplog.records if r.name == "sam_engine.engine.steps"] == [
+        f"step {k}/{len(STEPS)} {step}: done before, skipped" for k, step in enumerate(STEPS, 1)]
     assert {step: (tmp_path / "run" / step / "done.json").stat().st_mtime_ns for step in STEPS} == done
     with pytest.raises(ValueError, match=r"another configuration \(stage1.train_steps: 2 -> 3\)"):
         run(tmp_path, "stage1.train_steps=3")

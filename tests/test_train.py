@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import lightning.pytorch as pl
@@ -16,6 +18,7 @@ from sam_engine.cli import alias_groups, alias_stage_numbers
 from sam_engine.data.datamodule import SamDataModule
 from sam_engine.model import build_sam, load_export
 from sam_engine.train.module import InteractiveSamModule, NonFiniteLossError
+from sam_engine.train.progress import ProgressLines, describe_progress, progress_callbacks
 from sam_engine.train.run import check_train_config
 
 CONF = Path(__file__).resolve().parents[1] / "sam_engine" / "conf"
@@ -71,6 +74,18 @@ def test_train_writes_checkpoint_export_metrics_and_resumes(tmp_path, shards):
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["steps"] == 6 and "initial" not in metrics
     assert "Restoring states from the checkpoint" in resumed.stdout + resumed.stderr
+    # Its output is a file, not a terminal: a line per step of progress (4 steps -> every step), no bar.
+    log = resumed.stdout + resumed.stderr
+    assert re.search(r"step 6/6 \(100%\), [\d.]+ steps/s, loss [\d.]+, ETA 0 s", log), log[-3000:]
+    assert "it/s]" not in log
+
+
+def test_progress_lines_say_where_a_run_is_and_when_it_ends():
+    assert describe_progress(120, 600, time.monotonic() - 100, 20, 0.8412) == \
+        "step 120/600 (20%), 1.00 steps/s, loss 0.841, ETA 8 min 0 s"
+    assert progress_callbacks(False) == ([], False)
+    callbacks, bar = progress_callbacks(True)  # pytest captures stderr: not a terminal
+    assert [type(c) for c in callbacks] == [ProgressLines] and bar is False
 
 
 

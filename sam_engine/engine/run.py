@@ -136,7 +136,8 @@ class DataEngine:
     def run(self, stages: tuple[int, ...]) -> list[dict]:
         """Run the steps of ``stages`` (0 = seed training, 4 = final evaluation); returns their metrics rows."""
         self.prepare_data()
-        return [self.steps.run(name, action) for name, stage, action in self.plan() if stage in stages]
+        chosen = [(name, action) for name, stage, action in self.plan() if stage in stages]
+        return [self.steps.run(name, action, (k, len(chosen))) for k, (name, action) in enumerate(chosen, 1)]
 
     def finished_rows(self) -> list[dict]:
         """The metrics rows of every finished step of the run, in order (what the summary shows)."""

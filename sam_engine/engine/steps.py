@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
@@ -81,16 +82,22 @@ class Steps:
         """The metrics row a finished step recorded."""
         return json.loads((self.directory(name) / DONE).read_text())
 
-    def run(self, name: str, action: Callable[[Path], dict]) -> dict:
-        """The step's metrics row (``step`` = name, then what ``action(directory)`` returned)."""
+    def run(self, name: str, action: Callable[[Path], dict], position: tuple[int, int] | None = None) -> dict:
+        """The step's metrics row (``step`` = name, then what ``action(directory)`` returned).
+
+        Arguments:
+            position: (k, n): the step is the k-th of the n this invocation runs, for the log (``step 4/9``).
+        """
+        label = f"step {position[0]}/{position[1]} {name}" if position else f"step {name}"
         if self.is_done(name):
-            log.info("step %s: done before, skipped", name)
+            log.info("%s: done before, skipped", label)
             return self.finished_row(name)
-        log.info("step %s: running", name)
+        log.info("%s: running", label)
+        started = time.monotonic()
         self.directory(name).mkdir(parents=True, exist_ok=True)
         row = {"step": name, **action(self.directory(name))}
         write_json_atomic(self.directory(name) / DONE, row)
-        log.info("step %s: done: %s", name, describe_row(row))
+        log.info("%s: done in %.0f s: %s", label, time.monotonic() - started, describe_row(row))
         self.on_done(row)
         return row
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from hydra.utils import instantiate
 from lightning.pytorch import seed_everything
-from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
+from lightning.pytorch.callbacks import ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf
 
 from sam_engine.data.shards import MANIFEST
@@ -31,6 +31,7 @@ from sam_engine.train.distributed import (
 from sam_engine.train.interactive import SimulationConfig
 from sam_engine.train.module import InteractiveSamModule
 from sam_engine.train.optim import OptimConfig
+from sam_engine.train.progress import progress_callbacks
 from sam_engine.train.requeue import JobRequeued, RequeueOnSignal
 from sam_engine.train.snapshots import ExportSnapshots, export_trained
 from sam_engine.utils.config_checks import check_values, typed_config
@@ -105,12 +106,6 @@ def build_module(cfg: DictConfig, model: Sam) -> InteractiveSamModule:
     )
 
 
-def progress_bar(trainer_cfg: DictConfig) -> list:
-    """TQDM's bar unless the trainer config turns bars off: not Rich, Lightning's choice wherever rich is
-    installed, which writes nothing to a file until a bar ends (a SLURM job's log would show no progress)."""
-    return [TQDMProgressBar()] if trainer_cfg.get("enable_progress_bar", True) else []
-
-
 def val_metrics(results: list[dict]) -> dict:
     """The val/* entries of ``trainer.validate``'s result, as floats."""
     return {k: float(v) for k, v in (results[0] if results else {}).items() if k.startswith("val/")}
@@ -120,8 +115,9 @@ def evaluate(cfg: DictConfig) -> dict:
     """The validation metrics (``val/*``) of the model ``cfg.init`` on ``cfg.data.val``, without training."""
     datamodule = instantiate(cfg.data, train=cfg.data.train)
     module = build_module(cfg, initial_model(cfg))
-    trainer = instantiate(cfg.trainer, default_root_dir=str(cfg.run_dir), logger=False,
-                          callbacks=progress_bar(cfg.trainer))
+    progress, bar = progress_callbacks(cfg.trainer.get("enable_progress_bar", True))
+    trainer = instantiate(cfg.trainer, default_root_dir=str(cfg.run_dir), logger=False, callbacks=progress,
+                          enable_progress_bar=bar)
     return val_metrics(trainer.validate(module, datamodule=datamodule, verbose=False))
 
 
@@ -141,12 +137,14 @@ def train(cfg: DictConfig) -> dict:
         every_n_train_steps=cfg.checkpoint_every_n_steps,
         enable_version_counter=False,  # a new run in the same run_dir replaces last.ckpt, never last-v1.ckpt
     )
-    callbacks = [checkpoints, *progress_bar(cfg.trainer)]
+    progress, bar = progress_callbacks(cfg.trainer.get("enable_progress_bar", True))
+    callbacks = [checkpoints, *progress]
     if uses_slurm(cfg.trainer):
         callbacks.append(RequeueOnSignal())
     if cfg.snapshot_every_minutes is not None:
         callbacks.append(ExportSnapshots(run_dir / "snapshots", cfg.snapshot_every_minutes))
-    trainer = instantiate(cfg.trainer, default_root_dir=str(run_dir), logger=loggers or False, callbacks=callbacks)
+    trainer = instantiate(cfg.trainer, default_root_dir=str(run_dir), logger=loggers or False, callbacks=callbacks,
+                          enable_progress_bar=bar)
 
     with other_ranks_killed_on_failure(trainer):
         metrics = {"stage": cfg.stage.name, "model": module.model.config.name}
