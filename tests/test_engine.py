@@ -310,6 +310,21 @@ def test_web_round_serves_the_page_and_retrains_on_what_people_accepted(tmp_path
     assert token not in (tmp_path / "run" / "engine_config.json").read_text()
 
 
+def test_with_wandb_each_training_is_a_run_named_after_its_step_in_the_engine_runs_group(tmp_path):
+    from sam_engine.engine.dashboard import _wandb_records
+
+    run(tmp_path, "logger.wandb=true", "trainer.log_every_n_steps=1", stages=(0,))
+    (log,) = (tmp_path / "run" / "seed" / "train").glob("wandb/offline-run-*/run-*.wandb")
+    records = list(_wandb_records(log))
+    (header,) = [r.run for r in records if r.WhichOneof("record_type") == "run"]
+    assert (header.run_group, header.display_name, header.project) == ("run", "seed", "sam_engine")
+    logged = {item.key or "/".join(item.nested_key) for r in records if r.WhichOneof("record_type") == "history"
+              for item in r.history.item}
+    assert "train/loss" in logged and "val/miou_1pt" in logged
+    assert any(r.WhichOneof("record_type") == "exit" for r in records)  # the training's run ended with it
+    assert read_offline_history(tmp_path / "run")[0]["val/miou_1pt"] >= 0  # the engine's own run, beside it
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

@@ -226,6 +226,7 @@ class WandbDashboard:
             mode=mode,
             config=config,
             allow_val_change=True,
+            reinit="create_new",  # not wandb's global run: the engine's in-process trainings start runs of their own
         )
 
     def log_step(self, row: dict) -> None:

@@ -318,7 +318,7 @@ class DataEngine:
         cfg = self.cfg
         overrides = [
             f"stage={stage_of(max(stage, 1)).config}",  # the seed trains as stage 1 does
-            "logger=csv",
+            *self.training_logger(run_dir),
             f"seed={cfg.seed}", f"engine_dir={_quoted(self.run_dir)}", f"run_dir={_quoted(run_dir)}",
             f"init={_quoted(init)}", f"stage.max_steps={steps}", f"prompt_warmup_steps={prompt_warmup_steps}",
             f"stage.milestones=[{','.join(str(m) for m in milestones)}]",
@@ -340,6 +340,18 @@ class DataEngine:
             train_cfg[group] = OmegaConf.create(OmegaConf.to_container(cfg[group], resolve=False))
         return train_cfg
 
+    def training_logger(self, run_dir: Path) -> list[str]:
+        """The logger overrides of a training: CSV, and with the engine's wandb (``logger.wandb``) a wandb run
+        named after the step, in the engine run's group, so that its loss curves sit beside the engine's run."""
+        if not self.cfg.logger.wandb:
+            return ["logger=csv"]
+        step = run_dir.relative_to(self.run_dir).as_posix().removesuffix("/train")
+        mode = self.cfg.logger.get("mode")
+        return ["logger=wandb", f"logger.wandb.project={_quoted(self.cfg.logger.project)}",
+                f"logger.wandb.group={_quoted(engine_group(self.run_dir))}", f"logger.wandb.name={_quoted(step)}",
+                "+logger.wandb.reinit=create_new",  # a run of its own beside the engine's, in the same process
+                *([f"+logger.wandb.mode={mode}"] if mode else [])]
+
     def train(self, run_dir: Path, stage: int, init: Path | None, steps: int, prompt_warmup_steps: int,
               milestones) -> dict:
         """Train one model of the engine; returns its final validation metrics (``val/*``) and ``train_steps``.
@@ -349,6 +361,11 @@ class DataEngine:
         cfg = self.train_config(run_dir, stage, init, steps, prompt_warmup_steps, milestones)
         metrics = train_command(cfg) if starts_processes(cfg.trainer) else train(cfg)
         return {**metrics["final"], "train_steps": metrics["steps"]}
+
+
+def engine_group(run_dir: Path) -> str:
+    """The wandb group of an engine run and its trainings: the run directory's name."""
+    return Path(run_dir).resolve().name
 
 
 def train_command(cfg: DictConfig) -> dict:

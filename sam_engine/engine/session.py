@@ -9,7 +9,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from sam_engine.annotate.web.server import ServeOptions
 from sam_engine.engine.dashboard import NullDashboard, WandbDashboard, write_engine_summary
-from sam_engine.engine.run import ENGINE_GROUPS, DataEngine
+from sam_engine.engine.run import ENGINE_GROUPS, DataEngine, engine_group
 from sam_engine.engine.steps import EnginePaused, Steps, record_run_config
 from sam_engine.stages import FINAL_STEP, SEED_STEP, STAGES
 from sam_engine.utils.config_checks import check_values, typed_config
@@ -66,7 +66,7 @@ def run_engine(cfg: DictConfig, stages: tuple[int, ...] = ALL_STEPS) -> list[dic
     config = without(config, ("annotator.web.token",))  # a secret: in no file of the run, nor on wandb
     record_run_config(run_dir, without(config, UNCLAIMED_KEYS))
     if cfg.logger.wandb:
-        dashboard = WandbDashboard(cfg.logger.project, group=run_dir.resolve().name, run_dir=run_dir,
+        dashboard = WandbDashboard(cfg.logger.project, group=engine_group(run_dir), run_dir=run_dir,
                                    mode=cfg.logger.get("mode"), config=config)
     else:
         dashboard = NullDashboard()

@@ -8,15 +8,18 @@ Everything lands in ``run_dir`` (stable, not a timestamp, so DDP ranks and a req
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 from hydra.utils import instantiate
 from lightning.pytorch import seed_everything
 from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.loggers import WandbLogger
 from omegaconf import DictConfig, OmegaConf
 
 from sam_engine.data.shards import MANIFEST
@@ -106,6 +109,18 @@ def build_module(cfg: DictConfig, model: Sam) -> InteractiveSamModule:
     )
 
 
+@contextlib.contextmanager
+def wandb_runs_finished(loggers: list) -> Iterator[None]:
+    """Finish the wandb runs of a training's loggers when it ends: the engine trains in its own process, where
+    each training's run must end with the training, not with the process."""
+    try:
+        yield
+    finally:
+        for logger in loggers:
+            if isinstance(logger, WandbLogger):
+                logger.experiment.finish()
+
+
 def val_metrics(results: list[dict]) -> dict:
     """The val/* entries of ``trainer.validate``'s result, as floats."""
     return {k: float(v) for k, v in (results[0] if results else {}).items() if k.startswith("val/")}
@@ -146,7 +161,7 @@ def train(cfg: DictConfig) -> dict:
     trainer = instantiate(cfg.trainer, default_root_dir=str(run_dir), logger=loggers or False, callbacks=callbacks,
                           enable_progress_bar=bar)
 
-    with other_ranks_killed_on_failure(trainer):
+    with other_ranks_killed_on_failure(trainer), wandb_runs_finished(loggers):
         metrics = {"stage": cfg.stage.name, "model": module.model.config.name}
         requeued = any(run_dir.glob("hpc_ckpt_*.ckpt"))  # Lightning resumes a requeued SLURM job from it
         if cfg.validate_before_training and cfg.ckpt_path is None and not requeued:
