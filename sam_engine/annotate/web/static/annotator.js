@@ -171,6 +171,7 @@ async function addPrompt(prompt, clickedAt) {
     document.body.dataset.segments = String(Number(document.body.dataset.segments) + 1);
     say("");
   } catch (error) {
+    undo(); // the prompt the server refused leaves no trace but its count
     say(error.message);
   } finally {
     state.busy = false;
