@@ -38,7 +38,7 @@ log = logging.getLogger(__name__)
 
 
 class RoundConflict(ValueError):
-    """A request about an image its client does not hold, or a round already published."""
+    """A request about an image its client does not hold (never did, its hold lapsed, or it is finished)."""
 
 
 class UnknownImage(LookupError):
@@ -68,6 +68,8 @@ class Draft:
 
 @dataclass
 class Hold:
+    """Which page holds an image, and since when it last asked (``time.monotonic``)."""
+
     client: str
     since: float
 
