@@ -75,7 +75,7 @@ def test_usr1_saves_requeues_and_the_job_resumes_to_the_end(slurm_cluster, submi
     job = submit("stage.max_steps=20", "data.steps_per_epoch=10", "checkpoint_every_n_steps=100")
     run_dir = tmp_path / "engine" / "stage1" / f"train-{job}"
     deadline = time.monotonic() + 240
-    while "Epoch 0:" not in job_log(tmp_path, job):  # training (and its signal handler) has started
+    while "step 1/20 (5%)" not in job_log(tmp_path, job):  # training (and its signal handler) has started
         assert time.monotonic() < deadline, job_log(tmp_path, job)
         assert slurm_cluster.state(job) in ("PENDING", "RUNNING"), job_log(tmp_path, job)
         time.sleep(0.5)
