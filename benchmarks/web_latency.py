@@ -29,7 +29,7 @@ import torch
 from pycocotools import mask as mask_utils
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from browser import chromium  # noqa: E402  (tests/browser.py: the same Chromium the tests drive)
+from browser import at_image_pixel, chromium, wait_for  # noqa: E402  (tests/browser.py: as the tests drive it)
 from selenium.webdriver.common.action_chains import ActionChains  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.common.keys import Keys  # noqa: E402
@@ -46,11 +46,6 @@ from sam_engine.model import build_sam, load_model  # noqa: E402
 from sam_engine.train.prompts import Clicks, largest_error_region_clicks  # noqa: E402
 
 
-def wait_for(driver, attribute: str, value: str, timeout: float = 120) -> None:
-    WebDriverWait(driver, timeout).until(
-        lambda d: d.find_element(By.TAG_NAME, "body").get_attribute(f"data-{attribute}") == value)
-
-
 def wait_for_image(driver, key: str, timeout: float = 300) -> None:
     """Until the page shows image ``key``, ready for clicks."""
     WebDriverWait(driver, timeout).until(lambda d: d.execute_script(
@@ -60,14 +55,11 @@ def wait_for_image(driver, key: str, timeout: float = 300) -> None:
 
 def click(driver, x: float, y: float, size: tuple[int, int], background: bool = False) -> None:
     """A click at image pixel (x, y) of the canvas (the image is ``size`` = (H, W)); Shift-click for background."""
-    canvas = driver.find_element(By.ID, "view")
-    width, height = canvas.size["width"], canvas.size["height"]
-    chain = ActionChains(driver)
     if background:
-        chain = chain.key_down(Keys.SHIFT)
-    chain = chain.move_to_element_with_offset(
-        canvas, int(x / size[1] * width - width / 2), int(y / size[0] * height - height / 2)).click()
-    (chain.key_up(Keys.SHIFT) if background else chain).perform()
+        shift = ActionChains(driver).key_down(Keys.SHIFT)
+        at_image_pixel(driver, x, y, size, shift).click().key_up(Keys.SHIFT).perform()
+    else:
+        at_image_pixel(driver, x, y, size).click().perform()
 
 
 def current_mask(driver, size: tuple[int, int]) -> np.ndarray:
@@ -134,7 +126,7 @@ def measure(variant: str, checkpoint: str | None, pool: Path, objects: int, refi
                         clicks.append(next_click(current_mask(driver, size), truth, clicks))
                     x, y, label = clicks[-1]
                     click(driver, x, y, size, background=label == 0)
-                    wait_for(driver, "segments", str(done + 1))
+                    wait_for(driver, "segments", str(done + 1), timeout=120)
                     prompts.append(list(clicks))
                 if screenshot is not None and sample is samples[0] and annotation is annotations[-1]:
                     screenshot.parent.mkdir(parents=True, exist_ok=True)

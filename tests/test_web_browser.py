@@ -9,29 +9,13 @@ import sys
 import time
 
 import numpy as np
-from browser import chromium
+from browser import at_image_pixel, chromium, wait_for
 from pycocotools import mask as mask_utils
 from selenium.webdriver.common.action_chains import ActionChains
-from selenium.webdriver.common.by import By
 from selenium.webdriver.common.keys import Keys
-from selenium.webdriver.support.ui import WebDriverWait
 from web_helpers import DISKS, SIDE, disk_mask, disk_pool
 
 from sam_engine.annotate.session import pool_samples
-
-
-def wait_for(driver, attribute: str, value: str, timeout: float = 30) -> None:
-    WebDriverWait(driver, timeout).until(
-        lambda d: d.find_element(By.TAG_NAME, "body").get_attribute(f"data-{attribute}") == value,
-        f"the page never reached data-{attribute}={value}")
-
-
-def click_image_at(driver, x: float, y: float) -> None:
-    """A left click at image pixel (x, y) of the page's canvas, wherever the page scaled it."""
-    canvas = driver.find_element(By.ID, "view")
-    width, height = canvas.size["width"], canvas.size["height"]
-    ActionChains(driver).move_to_element_with_offset(
-        canvas, int(x / SIDE * width - width / 2), int(y / SIDE * height - height / 2)).click().perform()
 
 
 def serve_round(tmp_path, checkpoint, *overrides: str) -> tuple[subprocess.Popen, str]:
@@ -53,14 +37,16 @@ def page_state(driver, expression: str):
     return driver.execute_script(f"return window.samEngine.state.{expression}")
 
 
+def click_image_at(driver, x: float, y: float) -> None:
+    at_image_pixel(driver, x, y, (SIDE, SIDE)).click().perform()
+
+
 def drag(driver, start: tuple[float, float], end: tuple[float, float]) -> None:
-    """Press at image pixel ``start``, move to ``end`` and release (a box, or a brush stroke)."""
-    canvas = driver.find_element(By.ID, "view")
-    scale = canvas.size["width"] / SIDE
-    ActionChains(driver).move_to_element_with_offset(
-        canvas, int(start[0] * scale - canvas.size["width"] / 2), int(start[1] * scale - canvas.size["height"] / 2)
-    ).click_and_hold().move_by_offset(int((end[0] - start[0]) * scale / 2), int((end[1] - start[1]) * scale / 2)
-    ).move_by_offset(int((end[0] - start[0]) * scale / 2), int((end[1] - start[1]) * scale / 2)).release().perform()
+    """Press at image pixel ``start``, move through the midpoint to ``end`` and release (a box, or a stroke)."""
+    middle = ((start[0] + end[0]) / 2, (start[1] + end[1]) / 2)
+    chain = at_image_pixel(driver, *start, (SIDE, SIDE)).click_and_hold()
+    chain = at_image_pixel(driver, *middle, (SIDE, SIDE), chain)
+    at_image_pixel(driver, *end, (SIDE, SIDE), chain).release().perform()
 
 
 def test_a_person_clicks_accepts_and_moves_on_and_the_shard_holds_the_masks(tmp_path, sharp_disk_export):
@@ -141,11 +127,7 @@ def test_stage_two_shows_the_prefilled_masks_and_a_rejected_one_is_not_written(t
             "const a = m.getContext('2d').getImageData(0, 0, m.width, m.height).data;"
             "for (let i = 3; i < a.length; i += 4) if (a[i] >= 128 && ((i - 3) / 4) % m.width > 2)"
             "  return [((i - 3) / 4) % m.width + 0.5, Math.floor((i - 3) / 4 / m.width) + 0.5];")
-        canvas = driver.find_element(By.ID, "view")
-        scale = canvas.size["width"] / SIDE
-        ActionChains(driver).move_to_element_with_offset(
-            canvas, int(point[0] * scale - canvas.size["width"] / 2), int(point[1] * scale - canvas.size["height"] / 2)
-        ).send_keys("r").perform()
+        at_image_pixel(driver, *point, (SIDE, SIDE)).send_keys("r").perform()
         assert page_state(driver, "prefilled.filter((p) => p.rejected).length") >= 1
         rejected = page_state(driver, "prefilled.filter((p) => p.rejected).map((p) => p.id)")
         ActionChains(driver).send_keys(" ").perform()
