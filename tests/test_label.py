@@ -30,7 +30,7 @@ from sam_engine.data.records import make_record, validate_record
 from sam_engine.data.samples import Skipped
 from sam_engine.data.shards import MANIFEST, MANIFEST_FORMAT, read_manifest
 from sam_engine.data.synthetic.dataset import ensure_synthetic_dataset
-from sam_engine.label import __main__ as label_command
+from sam_engine.label import run as label_command
 from sam_engine.label.labeller import Labeller, input_samples, list_input_shards, task_block
 from sam_engine.metrics.proposals import ProposalQuality
 

@@ -1,7 +1,8 @@
-"""slurm/engine.sh: the stage chain train1 -> label2 -> train2 -> label3 -> train3 with SLURM dependencies.
+"""``launcher=slurm``: the engine's trainings (DDP over 2 CPU tasks), evaluations and stage-3 labelling (an array
+of 3 tasks) as SLURM jobs on the localhost cluster; the driver killed and restarted; a labelling task cancelled.
 
-DRY_RUN prints the chain without SLURM; the real chain runs on the localhost cluster with a few steps per
-stage (about a minute).
+The job bookkeeping (records, adoption, retries, the failure's message) is also checked without SLURM, on
+fake job states; and the hand-submitted sbatch templates against the launcher's defaults.
 """
 
 from __future__ import annotations
@@ -9,153 +10,246 @@ from __future__ import annotations
 import json
 import os
 import re
-import shlex
+import signal
 import subprocess
 import sys
-import tarfile
-from itertools import pairwise
+import time
 from pathlib import Path
 
 import pytest
-from test_train import FAST
+from hydra import compose, initialize_config_dir
+from test_engine import CONF, SMALL, run
 
 from sam_engine.data.shards import read_manifest
-from sam_engine.data.synthetic.dataset import ensure_synthetic_dataset
+from sam_engine.engine import slurm as slurm_launcher
+from sam_engine.engine.session import check_engine_config
+from sam_engine.engine.slurm import Job, Record, SlurmLauncher
 
 REPO = Path(__file__).resolve().parents[1]
-ENGINE = REPO / "slurm" / "engine.sh"
-STEPS = ["train1", "label2", "train2", "label3", "train3"]
-CPU = ["trainer.accelerator=cpu", "trainer.precision=32-true"]
-# Stage 1 starts from the disk model (conftest) and every stage trains with a negligible learning rate: each
-# export answers with masks to label only if its stage started from the previous stage's export.
-LABEL = "amg.points_per_side=4"  # plus the thresholds fitted to the disk model (chain_env)
-# Variables the templates read that a test of the session may have left in the cluster's environment.
-TEMPLATE_VARIABLES = ("STAGE", "INPUT", "OUTPUT", "CHECKPOINT", "EXTRA", "NUM_TASKS", "ENGINE_DIR", "FROM")
+ROUNDS = ["stage1.rounds=1", "stage2.rounds=0", "data.synthetic.4.num_images=9", "+data.synthetic.4.shard_size=3",
+          "stage3.amg.points_per_side=32"]  # pool3: 3 shards of 3 images, 2 s each: a task is cancelled mid-shard
+ON_SLURM = [
+    "launcher=slurm", "trainer.accelerator=cpu", "trainer.precision=32-true", "launcher.poll_seconds=1",
+    "launcher.time_minutes=15", "launcher.train.tasks_per_node=2", "launcher.train.gpus_per_node=0",
+    "launcher.train.cpus_per_task=1", "launcher.evaluate.gpus=0", "launcher.evaluate.cpus_per_task=1",
+    "launcher.label.tasks=3", "launcher.label.gpus_per_task=0", "launcher.label.cpus_per_task=1",
+]
 
 
-def dry_run(**env: str) -> dict[str, list[str]]:
-    """{step: its sbatch command's words} as DRY_RUN=1 prints them."""
-    clean = {k: v for k, v in os.environ.items() if k not in TEMPLATE_VARIABLES and not k.startswith("SLURM_")}
-    proc = subprocess.run(["bash", str(ENGINE)], env={**clean, "DRY_RUN": "1", **env},
-                          capture_output=True, text=True, timeout=30)
-    assert proc.returncode == 0, proc.stderr
-    lines = [line for line in proc.stdout.splitlines() if not line.startswith("#")]
-    return {step: shlex.split(command) for step, _, command in (line.partition(": ") for line in lines)}
+def small(*more: str) -> list[str]:
+    replaced = {o.split("=")[0] for o in ROUNDS}
+    return [o for o in SMALL if o.split("=")[0] not in replaced] + ROUNDS + list(more)
 
 
-def option(words: list[str], name: str) -> str | None:
-    return next((w.split("=", 1)[1] for w in words if w.startswith(f"{name}=")), None)
+def wait_for(condition, what: str, timeout: float, proc: subprocess.Popen | None = None, log: Path | None = None):
+    deadline = time.monotonic() + timeout
+    while not (found := condition()):
+        if proc is not None and proc.poll() is not None:
+            raise AssertionError(f"the engine ended (exit {proc.returncode}) before {what}:\n{log.read_text()[-6000:]}")
+        assert time.monotonic() < deadline, f"no {what} after {timeout} s"
+        time.sleep(0.5)
+    return found
 
 
-def test_dry_run_prints_the_chain_with_each_step_after_the_previous_one():
-    commands = dry_run(POOL="/data/pool", ARRAY="0-99%20", ENGINE_DIR="/shared/engine",
-                       TRAIN_ARGS="--nodes=4", LABEL_ARGS="--partition=gpu", PYTHON="/opt/py",
-                       TRAIN_OVERRIDES="model=vit_b data.train=/data/seed", TRAIN2_OVERRIDES="stage.max_steps=9",
-                       LABEL_OVERRIDES=LABEL)
-    assert list(commands) == STEPS
-    for previous, step in zip([None, *STEPS[:-1]], STEPS, strict=True):
-        words = commands[step]
-        assert words[0] == "env" and "sbatch" in words and "--parsable" in words
-        assert option(words, "--dependency") == (f"afterok:{previous}" if previous else None)
-        assert ("--kill-on-invalid-dep=yes" in words) == (previous is not None)
-        assert option(words, "ENGINE_DIR") == "/shared/engine" and option(words, "PYTHON") == "/opt/py"
-        stage = step[-1]
-        assert option(words, "STAGE") == stage
-        if step.startswith("train"):
-            hydra = words[words.index(str(REPO / "slurm" / "train.sbatch")) + 1 :]
-            assert hydra == ["model=vit_b", "data.train=/data/seed", *(["stage.max_steps=9"] if stage == "2" else [])]
-            assert "--nodes=4" in words and option(words, "--job-name") == f"sam-train-{stage}"
-        else:
-            assert words[-1] == str(REPO / "slurm" / "label_array.sbatch")
-            assert option(words, "--array") == "0-99%20" and "--partition=gpu" in words
-            assert option(words, "INPUT") == "/data/pool"
-            assert option(words, "OUTPUT") == f"/shared/engine/stage{stage}/shards"  # where stage N trains
-            assert option(words, "CHECKPOINT") == f"/shared/engine/stage{int(stage) - 1}/train/export"
-            assert option(words, "EXTRA") == LABEL  # one word for sbatch's environment, split by the template
+def record(path: Path) -> dict:
+    return json.loads(path.read_text()) if path.is_file() else {}
 
 
-def test_dry_run_from_a_later_step_and_bad_settings():
-    assert list(dry_run(POOL="p", FROM="label3")) == ["label3", "train3"]
-    assert option(dry_run(POOL="p", FROM="label3")["label3"], "--dependency") is None
-    clean = {k: v for k, v in os.environ.items() if k not in ("POOL", *TEMPLATE_VARIABLES)}
-    for env, message in (({}, "set POOL"), ({"POOL": "p", "FROM": "train9"}, "FROM=train9 is not one of")):
-        proc = subprocess.run(["bash", str(ENGINE)], env={**clean, "DRY_RUN": "1", **env},
-                              capture_output=True, text=True, timeout=30)
-        assert proc.returncode != 0 and message in proc.stderr
+def test_the_engine_runs_its_steps_as_slurm_jobs_survives_a_restart_and_a_cancelled_labelling_task(
+        slurm_cluster, tmp_path):
+    run_dir = tmp_path / "run"
+    command = [sys.executable, "-m", "sam_engine.engine", f"run_dir={run_dir}", f"data.root={tmp_path / 'data'}",
+               *small(*ON_SLURM)]
+    env = {**slurm_cluster.env, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+
+    def engine(log: Path) -> subprocess.Popen:
+        with log.open("w") as out:
+            return subprocess.Popen(command, env=env, cwd=tmp_path, stdout=out, stderr=subprocess.STDOUT)
+
+    first = engine(tmp_path / "first.log")  # killed once it has submitted the seed training
+    seed_record = run_dir / "seed" / "jobs" / "train.json"
+    seed_job = wait_for(lambda: record(seed_record).get("submitted"), "seed training job", 120, first,
+                        tmp_path / "first.log")[0]
+    first.send_signal(signal.SIGKILL)
+    first.wait()
+    assert slurm_cluster.state(seed_job) in ("PENDING", "RUNNING")
+
+    # the restarted engine waits for that job and goes on; its labelling task 1 is cancelled once at work
+    second = engine(tmp_path / "second.log")
+    label_record = run_dir / "stage3" / "jobs" / "label.json"
+
+    def labelling_task_1() -> str | None:
+        job = record(label_record).get("tasks", {}).get("1")
+        started = job and Path(job["log"]).with_suffix(".err").is_file() and \
+            "task 1 of 3" in Path(job["log"]).with_suffix(".err").read_text()
+        return job["job_id"] if started else None
+
+    cancelled = wait_for(labelling_task_1, "labelling task 1 at work", 400, second, tmp_path / "second.log")
+    time.sleep(1)  # into its shard's first image
+    published = read_manifest(run_dir / "stage3" / "shards")["shards"] if (run_dir / "stage3" / "shards" /
+                                                                         "manifest.json").is_file() else {}
+    slurm_cluster.run(["scancel", cancelled])
+    assert "synthetic-000001-000000.tar" not in published, published  # task 1's shard: unfinished
+    second.wait(timeout=300)
+    out = (tmp_path / "second.log").read_text()
+    assert second.returncode == 0, out[-6000:]
+
+    assert f"waiting for SLURM jobs {seed_job}" in out  # picked up, not submitted again
+    assert record(seed_record)["submitted"] == [seed_job]
+    for path in run_dir.glob("*/jobs/*.json"):
+        if path != label_record:
+            assert len(record(path)["submitted"]) == 1, path
+    labels = record(label_record)
+    resubmitted = [job for job in labels["submitted"] if job not in (cancelled,)]
+    assert slurm_cluster.state(cancelled) == "CANCELLED"
+    assert cancelled in labels["submitted"] and len(labels["submitted"]) == 4 and len(resubmitted) == 3
+    assert labels["tasks"]["1"]["job_id"] != cancelled
+    assert all(slurm_cluster.state(job["job_id"]) == "COMPLETED" for job in labels["tasks"].values())
+
+    pool = read_manifest(tmp_path / "data" / "pool3")["shards"]
+    labelled = read_manifest(run_dir / "stage3" / "shards")["shards"]
+    keys = sorted(k for entry in labelled.values() for k in entry["keys"])
+    assert keys == sorted(k for entry in pool.values() for k in entry["keys"])  # every image, once
+
+    seed_logs = " ".join(p.read_text(errors="replace") for p in (run_dir / "slurm").glob(f"{seed_job}_*_log.*"))
+    assert sorted(re.findall(r"Initializing distributed: GLOBAL_RANK: (\d)", seed_logs)) == ["0", "1"]  # DDP
+    assert json.loads((run_dir / "seed" / "train" / "metrics.json").read_text())["steps"] == 3
+
+    run(tmp_path / "local", *small(f"data.root={tmp_path / 'data'}"))  # the same engine in this process
+    rows = json.loads((run_dir / "engine_summary.json").read_text())
+    local = json.loads((tmp_path / "local" / "run" / "engine_summary.json").read_text())
+    assert [row["step"] for row in rows] == [row["step"] for row in local] == ["seed", "stage1/round1", "stage3",
+                                                                               "final"]
+    for on_slurm, here in zip(rows, local, strict=True):
+        assert set(on_slurm) == set(here), on_slurm["step"]
+    assert rows[2]["images"] == local[2]["images"] == 9
 
 
-@pytest.fixture
-def chain_env(slurm_cluster, synthetic_shards, disk_export, disk_thresholds, tmp_path, monkeypatch):
-    """The cluster's environment set for a tiny chain in tmp_path/engine over a pool of 4 shards x 2 images."""
-    pool = ensure_synthetic_dataset(tmp_path / "pool", num_images=8, seed=7, image_size=128, shard_size=2)
-    env = slurm_cluster.env
-    for name in TEMPLATE_VARIABLES:
-        monkeypatch.delitem(env, name, raising=False)
-    data = [f"data.train={synthetic_shards['train']}", f"data.val={synthetic_shards['val']}"]
-    train = [*FAST, *data, *CPU, "optim.lr=1e-9"]
-    values = {
-        "POOL": str(pool), "ARRAY": "0-1", "ENGINE_DIR": str(tmp_path / "engine"),
-        "PYTHON": sys.executable, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1",
-        "TRAIN_ARGS": "--ntasks-per-node=1 --cpus-per-task=1 --gpus-per-node=0 --time=15",
-        "LABEL_ARGS": "--gpus-per-task=0 --cpus-per-task=1 --time=15",
-        "TRAIN_OVERRIDES": " ".join(train), "TRAIN1_OVERRIDES": f"init={disk_export}",
-        "LABEL_OVERRIDES": " ".join([LABEL, *(f"amg.{key}={value}" for key, value in disk_thresholds.items())]),
-    }
-    for name, value in values.items():
-        monkeypatch.setitem(env, name, value)
-    return pool
+# --- without SLURM: the bookkeeping on fake job states -----------------------------------------------------------
 
 
-def logs(tmp_path: Path) -> str:
-    return "\n".join(f"--- {p.name}\n{p.read_text()[-3000:]}" for p in sorted(tmp_path.glob("slurm-*.out")))
+class FakeCluster:
+    """Job states the launcher reads, and the jobs it submits (job ids 100, 101, ...)."""
+
+    def __init__(self, monkeypatch, ends: str = "COMPLETED"):
+        self.states: dict[str, list[str]] = {}  # job id -> states still to report (the last one stays)
+        self.submissions: list[list[int]] = []
+        self.ends = ends
+        self.live: dict[str, str] = {}
+        monkeypatch.setattr(slurm_launcher, "job_state", self.state)
+        monkeypatch.setattr(slurm_launcher, "live_jobs", lambda comment: self.live)
+        monkeypatch.setattr(slurm_launcher, "SETTLE_SECONDS", 0)
+
+    def state(self, job_id: str) -> str:
+        states = self.states.get(job_id, ["UNKNOWN"])
+        return states.pop(0) if len(states) > 1 else states[0]
+
+    def submit(self, tasks: list[int]) -> list[Job]:
+        self.submissions.append(tasks)
+        jobs = [Job(str(100 + len(self.states) + i), f"/logs/{100 + len(self.states) + i}.out")
+                for i in range(len(tasks))]
+        for job in jobs:
+            self.states[job.job_id] = ["RUNNING", self.ends]
+        return jobs
 
 
-def test_a_tiny_chain_runs_unattended_to_stage_3(slurm_cluster, chain_env, tmp_path):
-    out = slurm_cluster.run(["bash", str(ENGINE)], cwd=tmp_path).stdout
-    jobs = dict(line.split() for line in out.splitlines() if re.fullmatch(r"\w+ \d+", line))
-    assert list(jobs) == STEPS, out
-    assert slurm_cluster.wait(jobs["train3"], timeout=420) == "COMPLETED", logs(tmp_path)
-    for step in STEPS:
-        assert slurm_cluster.wait(jobs[step], timeout=10) == "COMPLETED", logs(tmp_path)
-    for previous, step in pairwise(STEPS):  # each started after the previous one ended
-        ended = max(info["EndTime"] for info in slurm_cluster.job_infos(jobs[previous]))
-        started = min(info["StartTime"] for info in slurm_cluster.job_infos(jobs[step]))
-        assert started >= ended, (step, started, previous, ended)
-
-    engine = tmp_path / "engine"
-    pool_keys = sorted(k for entry in read_manifest(chain_env)["shards"].values() for k in entry["keys"])
-    for stage in (2, 3):  # the pool labelled with the previous stage's export, into the shards stage N trains on
-        shards = engine / f"stage{stage}" / "shards"
-        assert sorted(k for entry in read_manifest(shards)["shards"].values() for k in entry["keys"]) == pool_keys
-        annotations = []
-        for path in shards.glob("*.tar"):
-            with tarfile.open(path) as tar:
-                annotations += [a for m in tar if m.name.endswith(".json")
-                                for a in json.load(tar.extractfile(m))["annotations"]]
-        assert annotations and {a["stage"] for a in annotations} == {stage}
-        assert {a["model"].split("@")[0] for a in annotations} == {str(engine / f"stage{stage - 1}/train/export")}
-    for stage in (1, 2, 3):
-        run = engine / f"stage{stage}" / "train"
-        assert run.resolve() == (engine / f"stage{stage}" / f"train-{jobs[f'train{stage}']}").resolve()
-        assert json.loads((run / "metrics.json").read_text())["steps"] == 4
+def launcher(tmp_path: Path) -> SlurmLauncher:
+    with initialize_config_dir(config_dir=CONF, version_base=None):
+        cfg = compose(config_name="engine", overrides=[f"run_dir={tmp_path}", "launcher=slurm",
+                                                       "launcher.poll_seconds=0"])
+    check_engine_config(cfg)
+    return SlurmLauncher(cfg.launcher)
 
 
-def test_the_engine_in_an_allocation_trains_each_step_on_its_tasks_with_srun(slurm_cluster, tmp_path):
-    """trainer=slurm: the engine is the batch script's one process; each training runs under srun on the
-    allocation's two tasks (DDP over gloo), and the engine goes on to the next step."""
-    from test_engine import SMALL
+def test_a_failed_job_stops_the_step_naming_its_id_state_and_log_and_a_rerun_submits_it_again(
+        tmp_path, monkeypatch):
+    fake = FakeCluster(monkeypatch, ends="FAILED")
+    records = tmp_path / "jobs" / "train.json"
+    with pytest.raises(RuntimeError, match=r"job 100 ended FAILED \(log: /logs/100.out\)"):
+        launcher(tmp_path).run("training", records, 1, fake.submit, lambda: "no metrics", retries=0)
+    assert fake.submissions == [[0]]
+    fake.ends = "COMPLETED"
+    done = []
 
-    rounds = ["stage1.rounds=1", "stage2.rounds=0"]
-    small = [o for o in SMALL if o.split("=")[0] not in {r.split("=")[0] for r in rounds}]
-    command = [sys.executable, "-m", "sam_engine.engine", f"run_dir={tmp_path / 'run'}",
-               f"data.root={tmp_path / 'data'}", *small, *rounds, "trainer=slurm", *CPU]
-    slurm_cluster.env.update(PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
-    job = slurm_cluster.sbatch(["--nodes=1", "--ntasks-per-node=2", "--cpus-per-task=1", "--time=15",
-                                "--wrap", shlex.join(command)], cwd=tmp_path)
-    log = tmp_path / f"slurm-{job}.out"
-    assert slurm_cluster.wait(job, timeout=400) == "COMPLETED", log.read_text(errors="replace")[-4000:]
-    rows = json.loads((tmp_path / "run" / "engine_summary.json").read_text())
-    assert [row["step"] for row in rows] == ["seed", "stage1/round1", "stage3", "final"]
-    assert all("val/miou_1pt" in row for row in rows)
-    ranks = re.findall(r"\] - Initializing distributed: GLOBAL_RANK: (\d), MEMBER", log.read_text(errors="replace"))
-    assert sorted(ranks) == ["0", "0", "0", "1", "1", "1"]  # each of the 3 trainings on both tasks
+    def submit(tasks):
+        done.append(tasks)
+        return fake.submit(tasks)
+
+    for _ in range(2):  # the rerun submits the failed training again; the one after finds it finished
+        launcher(tmp_path).run("training", records, 1, submit, lambda: None if done else "no metrics", retries=0)
+        assert fake.submissions == [[0], [0]] and record(records)["submitted"] == ["100", "101"]
+
+
+def test_a_restarted_engine_waits_for_recorded_and_unrecorded_live_jobs_and_retries_failed_tasks(
+        tmp_path, monkeypatch):
+    fake = FakeCluster(monkeypatch)
+    records = tmp_path / "jobs" / "label.json"
+    Record(records, tmp_path).add({0: Job("7_0", "/logs/7_0.out")})
+    fake.states.update({"7_0": ["RUNNING", "COMPLETED"], "7_1": ["RUNNING", "CANCELLED"],
+                        "8": ["PENDING", "COMPLETED"]})
+    # 7_1 was submitted (array 7 for tasks 0 and 1) when the engine died; 8 (task 2) likewise
+    fake.live = {"7_1": f"sam_engine:{records.resolve()}:0,1", "8": f"sam_engine:{records.resolve()}:2"}
+    labelled = {"done": False}
+
+    def submit(tasks):
+        labelled["done"] = True
+        return fake.submit(tasks)
+
+    launcher(tmp_path).run("labelling", records, 3, submit, lambda: None if labelled["done"] else "shards missing",
+                           retries=1)
+    assert fake.submissions == [[1]]  # only the cancelled task, once every live job ended
+    saved = record(records)
+    assert saved["submitted"] == ["7_0", "7_1", "8", "103"] and saved["tasks"]["2"]["job_id"] == "8"
+    assert saved["tasks"]["1"]["job_id"] == "103"
+
+
+def test_launcher_values_and_trainer_are_checked_by_key(tmp_path):
+    def check(*overrides):
+        with initialize_config_dir(config_dir=CONF, version_base=None):
+            check_engine_config(compose(config_name="engine", overrides=[f"run_dir={tmp_path}", *overrides]))
+
+    with pytest.raises(ValueError, match="launcher.label.tasks=0"):
+        check("launcher=slurm", "launcher.label.tasks=0")
+    with pytest.raises(ValueError, match="needs trainer=slurm"):
+        check("launcher=slurm", "trainer=cpu")
+    with pytest.raises(ValueError, match="run the engine with launcher=slurm"):
+        check("trainer=slurm")
+    with pytest.raises(ValueError, match="launcher=cloud"):
+        check("launcher.kind=cloud")
+
+
+def sbatch_options(template: Path) -> dict[str, str]:
+    lines = (line.split()[1] for line in template.read_text().splitlines() if line.startswith("#SBATCH"))
+    return {name.lstrip("-"): value for name, _, value in (option.partition("=") for option in lines)}
+
+
+def test_the_hand_submitted_templates_ask_for_what_the_launcher_asks_for(tmp_path):
+    """slurm/train.sbatch and slurm/label_array.sbatch, for people who submit by hand, against the sbatch options
+    the launcher's defaults give submitit (conf/launcher/slurm.yaml)."""
+    slurm = launcher(tmp_path)
+    options = slurm.cfg.train
+    train = slurm.executor("train", tmp_path, nodes=options.nodes, ntasks_per_node=options.tasks_per_node,
+                           gpus_per_node=options.gpus_per_node, cpus_per_task=options.cpus_per_task,
+                           signal=f"USR1@{options.signal_seconds}").parameters
+    template = sbatch_options(REPO / "slurm" / "train.sbatch")
+    assert template["signal"] == train["additional_parameters"]["signal"] == "USR1@120"
+    assert "requeue" in template and train["additional_parameters"]["requeue"] is True
+    assert int(template["time"].split(":")[0]) * 60 == train["time"]
+    for option, key in (("nodes", "nodes"), ("ntasks-per-node", "ntasks_per_node"), ("gpus-per-node", "gpus_per_node"),
+                        ("cpus-per-task", "cpus_per_task")):
+        assert int(template[option]) == train[key], option
+    label = slurm.executor("label", tmp_path, gpus_per_task=slurm.cfg.label.gpus_per_task,
+                           cpus_per_task=slurm.cfg.label.cpus_per_task,
+                           signal_delay_s=slurm.cfg.label.signal_seconds).parameters
+    template = sbatch_options(REPO / "slurm" / "label_array.sbatch")
+    assert template["signal"].endswith(f"@{label['signal_delay_s']}") and "requeue" in template
+    assert int(template["gpus-per-task"]) == label["gpus_per_task"]
+    assert int(template["cpus-per-task"]) == label["cpus_per_task"]
+
+
+def test_submitting_leaves_out_the_engines_own_allocation(monkeypatch):
+    monkeypatch.setenv("SLURM_NTASKS_PER_NODE", "2")
+    monkeypatch.setenv("SLURM_CONF", "/etc/slurm/slurm.conf")
+    with slurm_launcher.outside_the_engines_allocation():
+        assert "SLURM_NTASKS_PER_NODE" not in os.environ and os.environ["SLURM_CONF"] == "/etc/slurm/slurm.conf"
+    assert os.environ["SLURM_NTASKS_PER_NODE"] == "2"

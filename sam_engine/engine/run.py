@@ -25,9 +25,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import subprocess
-import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -58,14 +55,14 @@ from sam_engine.data.importers.folder import import_folder
 from sam_engine.data.records import decode_masks, make_record
 from sam_engine.data.shards import ShardWriter, shard_name
 from sam_engine.data.synthetic.dataset import ensure_synthetic_dataset
+from sam_engine.engine.launcher import make_launcher
 from sam_engine.engine.steps import EnginePaused, Steps
-from sam_engine.label.labeller import Labeller, LabelSummary, list_input_shards, model_id
+from sam_engine.label.labeller import model_id
 from sam_engine.model import export_sam, load_model
 from sam_engine.predict.predictor import SamPredictor
 from sam_engine.stages import FINAL_STEP, SEED_STEP
 from sam_engine.stages import stage as stage_of
-from sam_engine.train.distributed import one_process, starts_processes, uses_slurm
-from sam_engine.train.run import evaluate, train
+from sam_engine.train.distributed import one_process
 from sam_engine.utils.config_checks import typed_config
 from sam_engine.utils.device import pick_device
 from sam_engine.utils.visualize import overlay_masks, save_png
@@ -100,6 +97,7 @@ class DataEngine:
         self.run_dir = Path(cfg.run_dir)
         self.overlay = overlay
         self.device = pick_device(cfg.device)
+        self.launcher = make_launcher(cfg)
 
     # --- the plan ------------------------------------------------------------------------------------------
 
@@ -216,12 +214,8 @@ class DataEngine:
         """Automatic masks over pool3 with the previous step's model (stage 2's last), then the final model trained
         on them."""
         export = self.export_before("stage3")
-        model = load_model(export).to(self.device).eval()
-        generator = SamAutomaticMaskGenerator(model, **OmegaConf.to_container(self.cfg.stage3.amg, resolve=True))
         shards = self.run_dir / "stage3" / "shards"
-        inputs = list_input_shards(self.cfg.data.pool3)
-        labeller = Labeller(generator, shards, {"source": "auto", "stage": 3, "model": model_id(export)})
-        labeller.run(inputs, LabelSummary(0, 1, [s.name for s in inputs]), progress=False)
+        self.launcher.label(self.label_config(export, shards))
         truth = {s.key: s.record["annotations"] for s in pool_samples(self.cfg.data.pool3) if s.record}
         collected = round_statistics(shards, truth)
         if not collected["masks_collected"]:
@@ -248,7 +242,7 @@ class DataEngine:
             return {}
         cfg = self.train_config(directory, 3, export, 1, 0, [1])
         cfg.trainer = one_process(cfg.trainer)  # in the engine's process: no rank may run the engine again
-        return evaluate(cfg)
+        return self.launcher.evaluate(cfg)
 
     def prefill_generator(self, model) -> SamAutomaticMaskGenerator:
         return SamAutomaticMaskGenerator(model, **OmegaConf.to_container(self.cfg.stage2.prefill, resolve=True))
@@ -354,39 +348,20 @@ class DataEngine:
 
     def train(self, run_dir: Path, stage: int, init: Path | None, steps: int, prompt_warmup_steps: int,
               milestones) -> dict:
-        """Train one model of the engine; returns its final validation metrics (``val/*``) and ``train_steps``.
-
-        A trainer with a process per device (``trainer=ddp|fsdp|slurm``) trains in a command of its own
-        (:func:`train_command`): its ranks run that command, not the engine's."""
-        cfg = self.train_config(run_dir, stage, init, steps, prompt_warmup_steps, milestones)
-        metrics = train_command(cfg) if starts_processes(cfg.trainer) else train(cfg)
+        """Train one model of the engine (where the launcher runs it); returns its final validation metrics
+        (``val/*``) and ``train_steps``."""
+        metrics = self.launcher.train(self.train_config(run_dir, stage, init, steps, prompt_warmup_steps, milestones))
         return {**metrics["final"], "train_steps": metrics["steps"]}
+
+    def label_config(self, export: Path, shards: Path) -> DictConfig:
+        """The ``label`` config of stage 3: pool3 into ``shards`` with ``export``, filtered as ``stage3.amg`` says."""
+        overrides = [f"input={_quoted(self.cfg.data.pool3)}", f"output={_quoted(shards)}",
+                     f"checkpoint={_quoted(export)}", f"device={self.cfg.device}", "progress=false"]
+        cfg = compose(config_name="label", overrides=overrides)
+        cfg.amg = OmegaConf.create(OmegaConf.to_container(self.cfg.stage3.amg, resolve=True))
+        return cfg
 
 
 def engine_group(run_dir: Path) -> str:
     """The wandb group of an engine run and its trainings: the run directory's name."""
     return Path(run_dir).resolve().name
-
-
-def train_command(cfg: DictConfig) -> dict:
-    """Run one training as ``python -m sam_engine.train`` on ``cfg`` saved as ``<run_dir>/train_config.yaml``
-    (under ``srun`` with ``trainer=slurm``: the engine runs in the allocation's batch step); returns what the
-    training's ``metrics.json`` holds.
-
-    Raises:
-        RuntimeError: the training failed, naming its exit status and config (its log is the engine's).
-    """
-    run_dir = Path(cfg.run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    config = run_dir / "train_config.yaml"
-    hydra = {"hydra": {"run": {"dir": str(run_dir / "hydra")}, "output_subdir": None, "job": {"chdir": False}}}
-    config.write_text(OmegaConf.to_yaml(cfg) + OmegaConf.to_yaml(hydra))
-    command = [sys.executable, "-m", "sam_engine.train", "--config-dir", str(run_dir.resolve()),
-               "--config-name", config.stem]
-    if uses_slurm(cfg.trainer):  # every task of the allocation, as slurm/train.sbatch starts them
-        cpus = os.environ.get("SLURM_CPUS_PER_TASK", "1")
-        command = ["srun", "--kill-on-bad-exit=1", f"--cpus-per-task={cpus}", *command]
-    done = subprocess.run(command, check=False)
-    if done.returncode != 0:
-        raise RuntimeError(f"training {run_dir} failed (exit status {done.returncode}); its config: {config}")
-    return json.loads((run_dir / "metrics.json").read_text())

@@ -12,13 +12,15 @@ from sam_engine.engine.dashboard import NullDashboard, WandbDashboard, write_eng
 from sam_engine.engine.run import ENGINE_GROUPS, DataEngine, engine_group
 from sam_engine.engine.steps import EnginePaused, Steps, record_run_config
 from sam_engine.stages import FINAL_STEP, SEED_STEP, STAGES
+from sam_engine.train.distributed import uses_slurm
 from sam_engine.utils.config_checks import check_values, typed_config
 
 log = logging.getLogger(__name__)
 
 ALL_STEPS = (SEED_STEP, *(stage.number for stage in STAGES), FINAL_STEP)
-UNCLAIMED_KEYS = ("logger", "annotator.web")
+UNCLAIMED_KEYS = ("logger", "annotator.web", "launcher")
 """Config keys (dotted) that do not change what the steps write: a rerun may change them."""
+LAUNCHERS = ("local", "slurm")
 
 
 def without(config: dict, keys: tuple[str, ...]) -> dict:
@@ -48,6 +50,27 @@ def check_engine_config(cfg: DictConfig) -> None:
     )
     if cfg.annotator.kind == "web":
         typed_config(ServeOptions, cfg.annotator.web, "annotator.web").check()
+    check_launcher(cfg)
+
+
+def check_launcher(cfg: DictConfig) -> None:
+    """``launcher``: a known kind, positive counts, and the trainer it needs. Raises ValueError naming the key."""
+    kind = cfg.launcher.kind
+    if kind not in LAUNCHERS:
+        raise ValueError(f"launcher={kind}: expected one of {', '.join(LAUNCHERS)}")
+    if kind == "local" and uses_slurm(cfg.trainer):
+        raise ValueError("trainer=slurm takes its ranks from a SLURM allocation: run the engine with launcher=slurm, "
+                         "which submits each training as a job of its own")
+    if kind == "slurm":
+        if not uses_slurm(cfg.trainer):
+            raise ValueError("launcher=slurm runs each training as SLURM tasks, one per device: it needs "
+                             "trainer=slurm (launcher=slurm picks it unless trainer= is given)")
+        counts = {"time_minutes": 1, "train.nodes": 1, "train.tasks_per_node": 1,
+                  "train.gpus_per_node": 0, "train.cpus_per_task": 1, "train.signal_seconds": 1, "train.retries": 0,
+                  "evaluate.gpus": 0, "evaluate.cpus_per_task": 1, "label.tasks": 1, "label.parallel": 1,
+                  "label.gpus_per_task": 0, "label.cpus_per_task": 1, "label.signal_seconds": 1, "label.retries": 0}
+        check_values(cfg, integers={f"launcher.{key}": least for key, least in counts.items()},
+                     numbers={"launcher.poll_seconds": (0.0, 3600.0)})
 
 
 def run_engine(cfg: DictConfig, stages: tuple[int, ...] = ALL_STEPS) -> list[dict] | None:
