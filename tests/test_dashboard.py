@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,15 +14,17 @@ from PIL import Image
 from sam_engine.engine.dashboard import (
     METRIC_KEYS,
     RUN_ID_FILE,
+    STEP_INDEX,
+    STEP_NAME,
     STEPS_FILE,
     NullDashboard,
     WandbDashboard,
+    _wandb_records,
     plot_stages,
     read_offline_history,
     summary_columns,
     write_engine_summary,
 )
-from sam_engine.utils.visualize import overlay_masks
 
 ROWS = [
     {"step": "seed", "stage": 0, "val/miou_1pt": 0.5, "val/miou_box": 0.6, "images": 10},
@@ -156,7 +159,8 @@ def test_null_dashboard_accepts_every_call():
     dashboard = NullDashboard()
     dashboard.log_step(ROWS[0])
     dashboard.log_table(ROWS)
-    dashboard.log_overlays("overlays", [np.zeros((4, 4, 3), np.uint8)])
+    dashboard.log_masks("stage3", np.zeros((4, 4, 3), np.uint8), np.zeros((1, 4, 4), bool), ["auto"])
+    dashboard.log_outputs("stage3", Path("export"), Path("shards"), "stage2/round1", ["stage3"])
     dashboard.finish()
 
 
@@ -165,8 +169,9 @@ LONG_NOTE = "".join(chr(ord("a") + i % 26) for i in range(70_000))  # spans thre
 
 @pytest.fixture(scope="module")
 def offline_run(tmp_path_factory):
-    """An offline engine run of three steps, a table and an overlay; then a rerun that logs a repeated
-    step and a new one. Returns (run_dir, history after the first process, run id of each process)."""
+    """An offline engine run of three steps, a table, the masks of an image and two steps' outputs; then a rerun
+    that logs a repeated step and a new one. Returns (run_dir, history after the first process, run id of each
+    process)."""
     run_dir = tmp_path_factory.mktemp("engine_run")
     first = WandbDashboard("sam_engine_test", "engine-test", run_dir, mode="offline", config={"seed": 0})
     first.log_step(ROWS[0])
@@ -174,9 +179,15 @@ def offline_run(tmp_path_factory):
     first.log_step({**ROWS[3], "note": LONG_NOTE})
     first.log_table(ROWS)
     image = np.full((32, 48, 3), 90, np.uint8)
-    masks = np.zeros((2, 32, 48), bool)
-    masks[0, 4:20, 4:30] = masks[1, 10:28, 20:44] = True
-    first.log_overlays("overlays", [overlay_masks(image, masks), overlay_masks(image, masks[:1])])
+    masks = np.zeros((3, 32, 48), bool)
+    masks[0, 4:20, 4:30] = masks[1, 10:28, 20:44] = masks[2, 12:16, 22:26] = True
+    first.log_masks("final", image, masks, ["manual", "auto", "auto"])  # the latest step's
+    outputs = tmp_path_factory.mktemp("outputs")
+    (outputs / "export").mkdir()
+    (outputs / "export" / "sam.pth").write_bytes(b"weights")
+    (outputs / "round01-000000.tar").write_bytes(b"masks")
+    first.log_outputs("seed", outputs / "export", None, None, [])
+    first.log_outputs("stage1/round1", outputs / "export", outputs / "round01-000000.tar", "seed", ["stage1/round1"])
     first.finish()
     history = read_offline_history(run_dir)
 
@@ -205,11 +216,39 @@ def test_wandb_history_reads_back_the_logged_steps(offline_run):
     assert [row["val/miou_1pt"] for row in got] == [0.5, 0.625, None, 0.75]
     assert got[2]["pseudo_label_precision"] == 0.875
 
-    overlays = history[2]["overlays"]
-    assert overlays["count"] == 2 and (overlays["height"], overlays["width"]) == (32, 48)
-    for name in overlays["filenames"]:
-        with Image.open(files / name) as image:
-            assert image.size == (48, 32)
+    layers = history[2]["final"]["masks"]  # a layer per source; in each, mask k is id k (largest first)
+    assert set(layers) == {"manual", "automatic"}
+    with Image.open(files / layers["manual"]["path"]) as manual, \
+            Image.open(files / layers["automatic"]["path"]) as auto:
+        assert np.unique(np.asarray(manual)).tolist() == [0, 1] and np.asarray(auto).shape == (32, 48)
+        assert np.asarray(auto)[14, 24] == 2 and np.asarray(auto)[20, 40] == 1  # the small mask lies on top
+
+
+def test_wandb_metrics_have_the_engine_step_as_x_axis_and_a_chart_per_step_name(offline_run):
+    run_dir, history, (run_id, *_) = offline_run
+    assert [(row[STEP_INDEX], row[STEP_NAME]) for row in history] == [(0, "seed"), (1, "stage1/round1"),
+                                                                      (2, "final")]
+    log = sorted(run_dir.glob(f"wandb/offline-run-*/run-{run_id}.wandb"))[0]  # the first process's
+    metrics = [r.metric for r in _wandb_records(log) if r.WhichOneof("record_type") == "metric"]
+    assert any(m.glob_name == "*" and m.step_metric == STEP_INDEX for m in metrics)
+    chart = history[2]["per_step/val/miou_1pt_table"]
+    files = sorted(run_dir.glob("wandb/offline-run-*/files"))[0]
+    assert json.loads((files / chart["path"]).read_text())["data"] == [["seed", 0.5], ["stage1/round1", 0.625],
+                                                                       ["final", 0.75]]
+
+
+def test_each_steps_model_and_masks_are_wandb_artifacts_naming_what_the_model_came_from(offline_run):
+    run_dir, _, (run_id, *_) = offline_run
+    log = sorted(run_dir.glob(f"wandb/offline-run-*/run-{run_id}.wandb"))[0]  # the first process's
+    artifacts = [(r.artifact.name, r.artifact.type, set(r.artifact.aliases), json.loads(r.artifact.metadata))
+                 for r in _wandb_records(log) if r.WhichOneof("record_type") == "artifact"
+                 and r.artifact.type in ("model", "dataset")]
+    assert artifacts == [
+        (f"{run_id}-model", "model", {"seed", "latest"}, {"step": "seed", "starts_from": None, "trained_on": []}),
+        (f"{run_id}-masks", "dataset", {"stage1-round1", "latest"}, {"step": "stage1/round1"}),
+        (f"{run_id}-model", "model", {"stage1-round1", "latest"},
+         {"step": "stage1/round1", "starts_from": "seed", "trained_on": ["stage1-round1"]}),
+    ]
 
 
 def test_wandb_rerun_resumes_the_same_run(offline_run):

@@ -24,7 +24,7 @@ from pycocotools import mask as mask_utils
 from sam_engine.annotate.session import pool_samples
 from sam_engine.data.records import make_record
 from sam_engine.data.shards import ShardWriter, read_manifest
-from sam_engine.engine.dashboard import read_offline_history
+from sam_engine.engine.dashboard import RUN_ID_FILE, _wandb_records, read_offline_history
 from sam_engine.engine.run import DataEngine
 from sam_engine.engine.session import run_engine
 from sam_engine.engine.steps import Steps, describe_row
@@ -128,6 +128,20 @@ def test_engine_summary_files_and_wandb_hold_the_per_stage_metrics(engine_run):
     assert logged == pytest.approx([r["val/miou_1pt"] for r in rows])
     assert [h["seconds_per_mask"] for h in history if h.get("seconds_per_mask") is not None] == pytest.approx(
         [r["seconds_per_mask"] for r in rows if r.get("seconds_per_mask") is not None])
+    assert [h["engine/step"] for h in history] == STEPS
+    masks = {h["engine/step"]: h[h["engine/step"]]["masks"] for h in history if h["engine/step"] in h}
+    assert set(masks) == {"stage1/round1", "stage1/round2", "stage2/round1", "stage3"}  # each with its layers
+    assert set(masks["stage3"]) == {"automatic"} and "manual" in masks["stage1/round1"]
+
+    run_id = (run_dir / RUN_ID_FILE).read_text().strip()
+    log = sorted(run_dir.glob(f"wandb/offline-run-*/run-{run_id}.wandb"))[0]
+    artifacts = [(r.artifact.type, json.loads(r.artifact.metadata)) for r in _wandb_records(log)
+                 if r.WhichOneof("record_type") == "artifact" and r.artifact.type in ("model", "dataset")]
+    models = [meta for kind, meta in artifacts if kind == "model"]
+    assert [m["step"] for m in models] == STEPS[:-1]  # every trained model, with where it came from
+    assert models[3] == {"step": "stage2/round1", "starts_from": "stage1-round2",
+                         "trained_on": ["stage1-round1", "stage1-round2", "stage2-round1"]}
+    assert [meta["step"] for kind, meta in artifacts if kind == "dataset"] == STEPS[1:-1]
 
 
 def test_engine_rerun_skips_finished_steps_and_refuses_another_config(engine_run, caplog):

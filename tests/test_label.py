@@ -197,7 +197,9 @@ def test_label_writes_one_output_shard_per_input_shard(disk_export, pool, labell
     assert quality["images"] == 6 and quality["pred_masks"] == masks
     assert quality["gt_masks"] == sum(entry["annotations"] for entry in read_manifest(pool)["shards"].values())
     assert all(0 <= quality[k] <= 1 for k in quality if k not in ("images", "pred_masks", "gt_masks"))
-    assert "labelled 6 images" in result.stdout + result.stderr
+    log = result.stdout + result.stderr
+    assert "labelled 6 images" in log
+    assert re.search(r"labelled images 6/6 \(100%\), [\d.]+ images/s, [\d.]+ masks/image", log)  # a line
 
 
 def test_rerun_skips_every_finished_shard(disk_export, pool, labelled):

@@ -18,8 +18,9 @@ from sam_engine.cli import alias_groups, alias_stage_numbers
 from sam_engine.data.datamodule import SamDataModule
 from sam_engine.model import build_sam, load_export
 from sam_engine.train.module import InteractiveSamModule, NonFiniteLossError
-from sam_engine.train.progress import ProgressLines, describe_progress, progress_callbacks
+from sam_engine.train.progress import ProgressLines, progress_callbacks
 from sam_engine.train.run import check_train_config
+from sam_engine.utils.progress import describe_progress
 
 CONF = Path(__file__).resolve().parents[1] / "sam_engine" / "conf"
 
@@ -125,6 +126,12 @@ def test_stage_numbers_and_names_select_the_same_config():
     assert by_number.returncode == 0, by_number.stderr
     assert by_number.stdout == by_name.stdout
     assert "name: semi_automatic" in by_number.stdout
+
+
+def test_a_wandb_training_is_grouped_under_its_engine_folders_name(tmp_path):
+    shown = train("logger=wandb", f"engine_dir={tmp_path / 'runs' / 'spring'}", "--cfg", "job", "--resolve")
+    assert shown.returncode == 0, shown.stderr
+    assert "group: spring\n" in shown.stdout  # not the path: the engine's own trainings use the same name
 
 
 @pytest.mark.parametrize(

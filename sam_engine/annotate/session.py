@@ -29,6 +29,7 @@ from sam_engine.data.samples import Sample, good_samples
 from sam_engine.data.shards import ShardWriter, shard_name
 from sam_engine.metrics.proposals import ProposalQuality
 from sam_engine.predict.predictor import SamPredictor
+from sam_engine.utils.progress import progress_of
 
 log = logging.getLogger(__name__)
 
@@ -113,7 +114,7 @@ def annotate_round(samples: list[Sample], out_dir: str | Path, prefix: str, setu
     with ShardWriter(out_dir, prefix=prefix, max_samples=2**31, max_bytes=2**50) as writer:
         if path.is_file():
             return path
-        for sample in samples:
+        for sample in progress_of(samples, f"annotated images of {prefix}"):
             record = _annotate_image(sample, setup)
             if record is not None:
                 writer.write(sample.key, sample.data, sample.ext, record)

@@ -55,6 +55,15 @@ SUMMARY_JSON = "engine_summary.json"
 STAGES_PNG = "stages.png"
 RUN_ID_FILE = "wandb_run_id.txt"
 STEPS_FILE = "wandb_steps.json"
+STEP_INDEX = "engine/step_index"
+"""The x-axis of every metric of the engine's wandb run (``define_metric``): the step's place in run order."""
+STEP_NAME = "engine/step"
+PER_STEP_CHARTS = ("val/miou_1pt", "val/miou_box", "val/miou_5pt", "val/noc90", "pseudo_label_precision",
+                   "masks_per_image", "seconds_per_mask")
+"""Metrics charted against the step names (``seed``, ``stage1/round1`` ...) as wandb bar charts."""
+MASK_LAYERS = (("manual", "manual"), ("auto", "automatic"))
+"""(record ``source``, wandb mask layer): manual masks and automatic (pre-filled or stage 3) ones, each a layer
+that the wandb image viewer toggles."""
 
 _MIOU_CURVES = (("val/miou_1pt", "1 click"), ("val/miou_box", "box"), ("val/miou_5pt", "5 clicks"))
 
@@ -228,30 +237,73 @@ class WandbDashboard:
             allow_val_change=True,
             reinit="create_new",  # not wandb's global run: the engine's in-process trainings start runs of their own
         )
+        self.run.define_metric(STEP_INDEX)
+        self.run.define_metric("*", step_metric=STEP_INDEX)
 
     def log_step(self, row: dict) -> None:
         """Log one step's row (its metrics under their names, and ``stage``) at the step's wandb step
         number."""
         _check_rows([row])
         name = str(row["step"])
+        values = {k: v for k, v in row.items() if k != "step"}
+        self.run.log({**values, STEP_INDEX: self.step_number(name), STEP_NAME: name}, step=self.step_number(name))
+
+    def step_number(self, name: str) -> int:
+        """The wandb step of the engine step ``name``: the next number the first time it is asked for."""
         if name not in self._steps:
             self._steps[name] = max(self._steps.values(), default=-1) + 1
             write_atomic(self.run_dir / STEPS_FILE, lambda f: json.dump(self._steps, f, indent=1))
-        self.run.log({k: v for k, v in row.items() if k != "step"}, step=self._steps[name])
+        return self._steps[name]
 
     def log_table(self, rows: list[dict]) -> None:
         """Log the per-step summary as the ``wandb.Table`` ``engine_summary`` (columns from
-        :func:`summary_columns`), attached to the latest step."""
+        :func:`summary_columns`), and a bar chart per :data:`PER_STEP_CHARTS` metric the rows have
+        (``per_step/<metric>``, one bar per step name), attached to the latest step."""
         _check_rows(rows)
         columns = summary_columns(rows)
-        table = self._wandb.Table(columns=columns, data=[[row.get(c) for c in columns] for row in rows])
-        self.run.log({"engine_summary": table}, commit=False)
+        logged = {"engine_summary": self._wandb.Table(columns=columns,
+                                                      data=[[row.get(c) for c in columns] for row in rows])}
+        for key in PER_STEP_CHARTS:
+            points = [[str(row["step"]), row[key]] for row in rows if row.get(key) is not None]
+            if points:
+                table = self._wandb.Table(columns=["step", key], data=points)
+                logged[f"per_step/{key}"] = self._wandb.plot.bar(table, "step", key, title=f"{key} per engine step")
+        self.run.log(logged, commit=False)
 
-    def log_overlays(self, name: str, images: list[np.ndarray]) -> None:
-        """Log mask overlays (H x W x 3 uint8, from :func:`sam_engine.utils.visualize.overlay_masks`) as the
-        image list ``name``, attached to the latest step."""
-        if images:
-            self.run.log({name: [self._wandb.Image(image) for image in images]}, commit=False)
+    def log_masks(self, name: str, image: np.ndarray, masks: np.ndarray, sources: list[str]) -> None:
+        """Log the masks the step ``name`` collected on one image as the wandb image ``name`` of that step: the
+        image with a mask layer per source (:data:`MASK_LAYERS`), each mask its own label.
+
+        Arguments:
+            image: H x W x 3 uint8.
+            masks: N x H x W bool.
+            sources: the ``source`` of each mask (``manual`` or ``auto``).
+        """
+        layers = {}
+        for source, layer in MASK_LAYERS:
+            ids = mask_ids(masks[[i for i, s in enumerate(sources) if s == source]])
+            if ids.any():
+                labels = {k: f"{layer} {k}" for k in range(1, int(ids.max()) + 1)}
+                layers[layer] = {"mask_data": ids, "class_labels": labels}
+        self.run.log({name: self._wandb.Image(image, masks=layers or None)}, step=self.step_number(name), commit=False)
+
+    def log_outputs(self, step: str, model: Path | None, masks: Path | None, starts_from: str | None,
+                    trained_on: list[str]) -> None:
+        """Log what a step made as wandb Artifacts (references to the files, not copies): its masks as a version
+        of ``<run id>-masks`` (type ``dataset``) and its model as a version of ``<run id>-model`` (type ``model``),
+        each aliased with the step's name; a model's metadata names the model it started from and the masks
+        it was trained on (their aliases), which is the lineage of each round."""
+        alias = artifact_alias(step)
+        if masks is not None:
+            artifact = self._wandb.Artifact(f"{self.run_id}-masks", type="dataset", metadata={"step": step})
+            artifact.add_reference(Path(masks).resolve().as_uri(), checksum=False)  # stage 3's may be huge
+            self.run.log_artifact(artifact, aliases=[alias])
+        if model is not None:
+            artifact = self._wandb.Artifact(f"{self.run_id}-model", type="model", metadata={
+                "step": step, "starts_from": starts_from and artifact_alias(starts_from),
+                "trained_on": [artifact_alias(s) for s in trained_on]})
+            artifact.add_reference(Path(model).resolve().as_uri())
+            self.run.log_artifact(artifact, aliases=[alias])
 
     def finish(self, timeout: float = 30.0) -> None:
         """Close the wandb run, then wait up to ``timeout`` seconds until its transaction log holds the
@@ -264,6 +316,21 @@ class WandbDashboard:
             time.sleep(0.05)
 
 
+def mask_ids(masks: np.ndarray) -> np.ndarray:
+    """One label image (H x W uint8, 0: no mask) of ``masks`` (N x H x W bool): mask k (largest first, at most
+    255) is id k, and a smaller mask lies over a larger one, so that every mask stays visible."""
+    if not len(masks):
+        return np.zeros(masks.shape[1:], np.uint8)
+    order = np.argsort(-masks.reshape(len(masks), -1).sum(1), kind="stable")[:255]
+    ids = np.arange(1, len(order) + 1, dtype=np.uint8)[:, None, None]
+    return (masks[order] * ids).max(0).astype(np.uint8)
+
+
+def artifact_alias(step: str) -> str:
+    """A step name as a wandb alias (``stage1/round2`` -> ``stage1-round2``: aliases hold no slash)."""
+    return step.replace("/", "-")
+
+
 class NullDashboard:
     """The dashboard for logger=none: same methods as :class:`WandbDashboard`, doing nothing."""
 
@@ -273,11 +340,18 @@ class NullDashboard:
     def log_table(self, rows: list[dict]) -> None:
         """Do nothing."""
 
-    def log_overlays(self, name: str, images: list[np.ndarray]) -> None:
+    def log_masks(self, name: str, image: np.ndarray, masks: np.ndarray, sources: list[str]) -> None:
+        """Do nothing."""
+
+    def log_outputs(self, step: str, model: Path | None, masks: Path | None, starts_from: str | None,
+                    trained_on: list[str]) -> None:
         """Do nothing."""
 
     def finish(self, timeout: float = 30.0) -> None:
         """Do nothing."""
+
+
+Dashboard = WandbDashboard | NullDashboard
 
 
 def read_offline_history(run_dir: str | Path) -> list[dict]:

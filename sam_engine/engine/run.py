@@ -28,7 +28,6 @@ import logging
 from collections.abc import Callable
 from pathlib import Path
 
-import numpy as np
 from hydra import compose
 from omegaconf import DictConfig, OmegaConf
 
@@ -55,6 +54,7 @@ from sam_engine.data.importers.folder import import_folder
 from sam_engine.data.records import decode_masks, make_record
 from sam_engine.data.shards import ShardWriter, shard_name
 from sam_engine.data.synthetic.dataset import ensure_synthetic_dataset
+from sam_engine.engine.dashboard import Dashboard, NullDashboard
 from sam_engine.engine.launcher import make_launcher
 from sam_engine.engine.steps import EnginePaused, Steps
 from sam_engine.label.labeller import model_id
@@ -65,6 +65,7 @@ from sam_engine.stages import stage as stage_of
 from sam_engine.train.distributed import one_process
 from sam_engine.utils.config_checks import typed_config
 from sam_engine.utils.device import pick_device
+from sam_engine.utils.paths import folder_name
 from sam_engine.utils.visualize import overlay_masks, save_png
 
 log = logging.getLogger(__name__)
@@ -87,15 +88,14 @@ class DataEngine:
     Arguments:
         cfg: the ``engine`` config.
         steps: the run directory's step runner (dashboards hook into it).
-        overlay: called with (step name, overlay images) for each step that collected masks.
+        dashboard: gets each step's masks on one image and its outputs (``WandbDashboard`` or ``NullDashboard``).
     """
 
-    def __init__(self, cfg: DictConfig, steps: Steps,
-                 overlay: Callable[[str, list[np.ndarray]], None] = lambda name, images: None) -> None:
+    def __init__(self, cfg: DictConfig, steps: Steps, dashboard: Dashboard | None = None) -> None:
         self.cfg = cfg
         self.steps = steps
         self.run_dir = Path(cfg.run_dir)
-        self.overlay = overlay
+        self.dashboard = dashboard or NullDashboard()
         self.device = pick_device(cfg.device)
         self.launcher = make_launcher(cfg)
 
@@ -148,12 +148,24 @@ class DataEngine:
         Raises:
             FileNotFoundError: it was not made (its step did not run), naming the file.
         """
-        trainings = [name for name, stage, _ in self.plan() if stage != FINAL_STEP]
-        export = self.run_dir / trainings[trainings.index(step) - 1] / "train" / "export"
+        export = self.run_dir / self.training_before(step) / "train" / "export"
         if not (export / "sam.pth").is_file():
             raise FileNotFoundError(f"{export / 'sam.pth'}: the previous step's model is missing; run the engine "
                                     "from the start (python -m sam_engine.engine run_dir=...) to make it")
         return export
+
+    def training_before(self, step: str) -> str:
+        """The training step before ``step``: the one whose export ``step`` starts from."""
+        trainings = [name for name, stage, _ in self.plan() if stage != FINAL_STEP]
+        return trainings[trainings.index(step) - 1]
+
+    def masks_trained_on(self, step: str, stage: int) -> list[str]:
+        """The steps whose masks the training of ``step`` reads (``conf/stage``'s ``collected``): stage 1's
+        rounds so far; stage 1's and stage 2's so far; or stage 3's own."""
+        plan = self.plan()
+        so_far = [name for name, _, _ in plan][: [name for name, _, _ in plan].index(step) + 1]
+        stages = (3,) if stage == 3 else tuple(range(1, stage + 1))
+        return [name for name, s, _ in plan if name in so_far and s in stages]
 
     def round_start(self, stage: int, round_: int) -> int:
         """The index in its pool of a round's first image: rounds take ``images_per_round`` images each, in
@@ -168,12 +180,14 @@ class DataEngine:
     def seed_step(self, directory: Path) -> dict:
         """Train the seed model on ``data.seed``; without a seed set, export ``init`` as the seed model."""
         seed = self.cfg.seed_training
+        export = directory / "train" / "export"
         if self.cfg.data.seed is None:
-            export = directory / "train" / "export"
             export_sam(load_model(seed.init, OmegaConf.to_container(self.cfg.model, resolve=True)), export)
-            return {"stage": SEED_STEP, "round": 0, **self.evaluate(directory, export)}
-        metrics = self.train(directory / "train", SEED_STEP, seed.init, seed.max_steps, seed.prompt_warmup_steps,
-                             seed.milestones)
+            metrics = self.evaluate(directory, export)
+        else:
+            metrics = self.train(directory / "train", SEED_STEP, seed.init, seed.max_steps, seed.prompt_warmup_steps,
+                                 seed.milestones)
+        self.dashboard.log_outputs("seed", export, None, None, [])
         return {"stage": SEED_STEP, "round": 0, **metrics}
 
     def round_step(self, directory: Path, stage: int, round_: int) -> dict:
@@ -206,8 +220,11 @@ class DataEngine:
             annotate_round(samples, shards, prefix, setup)
         shard = shards / shard_name(prefix, 0)
         collected = round_statistics(shard, {s.key: s.record["annotations"] for s in samples if s.record})
-        self.log_overlay(f"stage{stage}/round{round_}", shard)
+        name = f"stage{stage}/round{round_}"
+        self.log_masks(name, shard)
         metrics = self.train(directory / "train", stage, export, options.train_steps, 0, [options.train_steps])
+        self.dashboard.log_outputs(name, directory / "train" / "export", shard, self.training_before(name),
+                                   self.masks_trained_on(name, stage))
         return {"stage": stage, "round": round_, **collected, **metrics}
 
     def stage3_step(self, directory: Path) -> dict:
@@ -223,9 +240,11 @@ class DataEngine:
                 f"stage 3: no automatic mask of the {collected['images']} images of data.pool3 passed the filters "
                 "(stage3.amg: pred_iou_thresh, stability_score_thresh); the final model would train on nothing"
             )
-        self.log_overlay("stage3", shards)
+        self.log_masks("stage3", shards)
         steps = self.cfg.stage3.train_steps
         metrics = self.train(directory / "train", 3, export, steps, 0, [steps])
+        self.dashboard.log_outputs("stage3", directory / "train" / "export", shards, self.training_before("stage3"),
+                                   ["stage3"])
         return {"stage": 3, "round": 0, **collected, **metrics}
 
     def final_step(self, directory: Path) -> dict:
@@ -294,16 +313,17 @@ class DataEngine:
             raise EnginePaused(f"stage {stage} {prefix}: the annotation page stopped with {round_.progress()}; "
                                "run the engine again to go on with the round")
 
-    def log_overlay(self, name: str, shards: Path) -> None:
-        """The masks of the first image a step collected, over the image: ``<step>/overlay.png`` and wandb."""
+    def log_masks(self, name: str, shards: Path) -> None:
+        """The masks of the first image a step collected: over the image in ``<step>/overlay.png``, and on the
+        dashboard (wandb: a layer each for manual and automatic masks)."""
         first = next(pool_samples(shards), None)
         if first is None:
             return
         image = decode_image(first.data, source=first.source)
-        masks = decode_masks([a["segmentation"] for a in first.record["annotations"]], image.shape[:2])
-        overlay = overlay_masks(image, masks)
-        save_png(overlay, self.run_dir / name / "overlay.png")
-        self.overlay(name, [overlay])
+        annotations = first.record["annotations"]
+        masks = decode_masks([a["segmentation"] for a in annotations], image.shape[:2])
+        save_png(overlay_masks(image, masks), self.run_dir / name / "overlay.png")
+        self.dashboard.log_masks(name, image, masks, [a.get("source", "manual") for a in annotations])
 
     def train_config(self, run_dir: Path, stage: int, init: Path | str | None, steps: int,
                      prompt_warmup_steps: int, milestones) -> DictConfig:
@@ -356,12 +376,13 @@ class DataEngine:
     def label_config(self, export: Path, shards: Path) -> DictConfig:
         """The ``label`` config of stage 3: pool3 into ``shards`` with ``export``, filtered as ``stage3.amg`` says."""
         overrides = [f"input={_quoted(self.cfg.data.pool3)}", f"output={_quoted(shards)}",
-                     f"checkpoint={_quoted(export)}", f"device={self.cfg.device}", "progress=false"]
+                     f"checkpoint={_quoted(export)}", f"device={self.cfg.device}"]
         cfg = compose(config_name="label", overrides=overrides)
         cfg.amg = OmegaConf.create(OmegaConf.to_container(self.cfg.stage3.amg, resolve=True))
         return cfg
 
 
 def engine_group(run_dir: Path) -> str:
-    """The wandb group of an engine run and its trainings: the run directory's name."""
-    return Path(run_dir).resolve().name
+    """The wandb group of an engine run and its trainings: the run directory's name (as ``sam-train
+    logger=wandb`` names its group after ``engine_dir``)."""
+    return folder_name(run_dir)

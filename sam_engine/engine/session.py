@@ -94,7 +94,7 @@ def run_engine(cfg: DictConfig, stages: tuple[int, ...] = ALL_STEPS) -> list[dic
     else:
         dashboard = NullDashboard()
     steps = Steps(run_dir, on_done=dashboard.log_step)
-    engine = DataEngine(cfg, steps, overlay=dashboard.log_overlays)
+    engine = DataEngine(cfg, steps, dashboard)
     rows = None
     try:
         rows = engine.run(stages)

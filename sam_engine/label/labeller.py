@@ -23,7 +23,6 @@ import io
 import json
 import logging
 import os
-import sys
 import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
@@ -31,7 +30,6 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
-from tqdm import tqdm
 
 from sam_engine.amg import SamAutomaticMaskGenerator
 from sam_engine.data.images import ImageDecodeError, decode_image
@@ -39,11 +37,12 @@ from sam_engine.data.importers.base import SkipSample, key_from_path, prepare_im
 from sam_engine.data.importers.folder import IMAGE_SUFFIXES
 from sam_engine.data.records import make_record
 from sam_engine.data.samples import Sample, Skipped, UnreadableShard, shard_samples
-from sam_engine.data.shards import MANIFEST, ShardWriter, list_shards, read_manifest, shard_name
+from sam_engine.data.shards import MANIFEST, ShardWriter, list_shards, read_manifest, shard_name, shard_sample_counts
 from sam_engine.metrics.proposals import ProposalQuality
 from sam_engine.model.build import EXPORT_WEIGHTS
 from sam_engine.utils.atomic_files import file_sha256, write_json_atomic
 from sam_engine.utils.config_checks import is_int
+from sam_engine.utils.progress import Progress
 
 log = logging.getLogger(__name__)
 
@@ -86,6 +85,16 @@ def list_input_shards(source: str | Path, images_per_shard: int = 1000) -> list[
     if len(set(names)) != len(names):
         raise ValueError(f"{source}: two input shards share a name; output shard names derive from them")
     return shards
+
+
+def images_in(shards: list[InputShard]) -> int | None:
+    """How many images ``shards`` hold, from their manifests (or tar headers, or file lists); None for remote
+    shards without a manifest."""
+    try:
+        counts = shard_sample_counts([s.url for s in shards if s.url is not None])
+    except ValueError:
+        return None
+    return sum(counts) + sum(len(s.files) for s in shards if s.url is None)
 
 
 def task_block(shards: list, task_index: int, num_tasks: int) -> list:
@@ -201,9 +210,12 @@ class Labeller:
         """Label every shard not done yet, updating and writing ``summary`` after each one."""
         done = self.done_shards()
         start = time.perf_counter()
-        # On a terminal the bar redraws 10 times a second; in a log file (SLURM) every 30 s.
-        interval = 0.1 if sys.stderr.isatty() else 30.0
-        with tqdm(desc="labelling", unit="img", disable=not progress, mininterval=interval) as bar:
+
+        def masks_per_image() -> str:
+            return f"{summary.masks / max(summary.images, 1):.1f} masks/image"
+
+        total = images_in([s for s in shards if s.output_name not in done])
+        with Progress("labelled images", total, "images", masks_per_image, enabled=progress) as bar:
             for shard in shards:
                 if shard.output_name not in done and (self.output / shard.output_name).is_file():
                     # Published but not listed (killed between the rename and the manifest update): a
@@ -239,7 +251,7 @@ class Labeller:
                 raise
             log.error("could not write the task's summary (%s): %s", error, json.dumps(summary.to_dict()))
 
-    def label_shard(self, shard: InputShard, summary: LabelSummary, bar: tqdm) -> None:
+    def label_shard(self, shard: InputShard, summary: LabelSummary, bar: Progress) -> None:
         """Label one input shard into its output shard; nothing of it is published if it fails."""
         writer = ShardWriter(self.output, prefix=shard.name, max_samples=2**31, max_bytes=2**50)
         with writer:
@@ -249,8 +261,7 @@ class Labeller:
                     summary.skipped_images.append({"source": sample.source, "reason": sample.reason})
                     continue
                 self.label_sample(sample, writer, summary)
-                bar.update(1)
-                bar.set_postfix(masks_per_image=f"{summary.masks / max(summary.images, 1):.1f}")
+                bar.update()
 
     def label_sample(self, sample: Sample, writer: ShardWriter, summary: LabelSummary) -> None:
         try:

@@ -13,6 +13,8 @@ import time
 from lightning.pytorch import Callback
 from lightning.pytorch.callbacks import TQDMProgressBar
 
+from sam_engine.utils.progress import LINES_PER_RUN, describe_progress
+
 log = logging.getLogger(__name__)
 
 
@@ -32,24 +34,10 @@ class ProgressLines(Callback):
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         step, total = trainer.global_step, trainer.max_steps
-        every = self.every_n_steps or max(1, total // 20)
+        every = self.every_n_steps or max(1, total // LINES_PER_RUN)
         if not trainer.is_global_zero or step == 0 or (step % every and step != total):
             return
         log.info("%s", describe_progress(step, total, *self._start, trainer.callback_metrics.get("train/loss")))
-
-
-def describe_progress(step: int, total: int, started: float, first_step: int, loss=None) -> str:
-    """``step 120/600 (20%), 1.2 steps/s, loss 0.84, ETA 6 min 40 s`` (rate over this process's steps)."""
-    done = step - first_step
-    rate = done / max(time.monotonic() - started, 1e-9)
-    parts = [f"step {step}/{total} ({100 * step / total:.0f}%)" if total > 0 else f"step {step}",
-             f"{rate:.2f} steps/s"]
-    if loss is not None:
-        parts.append(f"loss {float(loss):.3f}")
-    if total > 0 and rate > 0:
-        minutes, seconds = divmod(round((total - step) / rate), 60)
-        parts.append(f"ETA {minutes} min {seconds} s" if minutes else f"ETA {seconds} s")
-    return ", ".join(parts)
 
 
 def progress_callbacks(enabled: bool) -> tuple[list[Callback], bool]:

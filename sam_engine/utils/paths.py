@@ -19,3 +19,9 @@ def check_output_is_not_input(input_path: str | Path, output: str | Path, *, inp
     if Path(output).resolve() == folder.resolve():
         raise ValueError(f"{output_key}={output} is the folder of {input_key}={input_path}: write the output to "
                          "a folder of its own")
+
+
+def folder_name(path: str | Path) -> str:
+    """The name of the folder ``path`` ends in, after resolving it (``outputs/engine`` -> ``engine``): how an engine
+    run directory is named on wandb (its group), and the config resolver ``${folder_name:${engine_dir}}``."""
+    return Path(path).resolve().name

@@ -48,6 +48,7 @@ from sam_engine.data.importers.base import (
 from sam_engine.data.records import make_annotations, make_record
 from sam_engine.utils.json_input import parse_json
 from sam_engine.utils.paths import check_output_is_not_input
+from sam_engine.utils.progress import progress_of
 
 log = logging.getLogger(__name__)
 
@@ -302,7 +303,7 @@ def import_coco(
         by_image[annotation.get("image_id") if isinstance(annotation, dict) else None].append(annotation)
     with ImportSink(out_dir, shard_size=shard_size, prefix=prefix) as sink:
         known = set()
-        for i, entry in enumerate(dataset["images"]):
+        for i, entry in enumerate(progress_of(dataset["images"], "imported images")):
             where = f"{annotations}: images[{i}]"
             try:
                 image = image_entry(entry, where)

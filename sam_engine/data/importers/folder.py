@@ -25,6 +25,7 @@ from sam_engine.data.importers.base import (
 )
 from sam_engine.data.records import make_record
 from sam_engine.utils.paths import check_output_is_not_input
+from sam_engine.utils.progress import progress_of
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +60,7 @@ def import_folder(
     output = Path(out_dir).resolve()
     files = sorted(p for p in input_dir.rglob("*") if p.is_file() and output not in p.resolve().parents)
     with ImportSink(out_dir, shard_size=shard_size, prefix=prefix) as sink:
-        for path in files:
+        for path in progress_of(files, "imported images"):
             relative = path.relative_to(input_dir)
             if path.suffix.lower() not in IMAGE_SUFFIXES:
                 sink.report.skip(

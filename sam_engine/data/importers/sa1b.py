@@ -50,6 +50,7 @@ from sam_engine.data.records import mask_areas, validate_record
 from sam_engine.data.shards import is_valid_key
 from sam_engine.utils.json_input import parse_json
 from sam_engine.utils.paths import check_output_is_not_input
+from sam_engine.utils.progress import progress_of
 
 log = logging.getLogger(__name__)
 
@@ -253,7 +254,8 @@ def import_sa1b(
         check_output_is_not_input(source, out_dir, input_key="inputs", output_key="out_dir")
     with ImportSink(out_dir, shard_size=shard_size, prefix=prefix) as sink:
         report = sink.report
-        for pair in sa1b_pairs(inputs, lambda skip: report.skip(skip.source, skip.kind, skip.reason)):
+        pairs = sa1b_pairs(inputs, lambda skip: report.skip(skip.source, skip.kind, skip.reason))
+        for pair in progress_of(pairs, "imported images"):  # SA-1B tars: no count before reading them
             with sink.guard(pair.source):
                 if not is_valid_key(pair.key):
                     raise SkipSample("bad_key", f"{pair.source}: the file stem {pair.key!r} cannot name a sample "
