@@ -14,6 +14,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -78,18 +79,25 @@ def test_the_engine_runs_its_steps_as_slurm_jobs_survives_a_restart_and_a_cancel
     second = engine(tmp_path / "second.log")
     label_record = run_dir / "stage3" / "jobs" / "label.json"
 
-    def labelling_task_1() -> str | None:
-        job = record(label_record).get("tasks", {}).get("1")
-        started = job and Path(job["log"]).with_suffix(".err").is_file() and \
-            "task 1 of 3" in Path(job["log"]).with_suffix(".err").read_text()
-        return job["job_id"] if started else None
+    def labelling(task: int) -> Callable[[], str | None]:
+        def at_work() -> str | None:
+            job = record(label_record).get("tasks", {}).get(str(task))
+            err = Path(job["log"]).with_suffix(".err") if job else None
+            return job["job_id"] if err and err.is_file() and f"task {task} of 3" in err.read_text() else None
+        return at_work
 
-    cancelled = wait_for(labelling_task_1, "labelling task 1 at work", 400, second, tmp_path / "second.log")
+    def published() -> dict:
+        shards = run_dir / "stage3" / "shards"
+        return read_manifest(shards)["shards"] if (shards / "manifest.json").is_file() else {}
+
+    cancelled = wait_for(labelling(1), "labelling task 1 at work", 400, second, tmp_path / "second.log")
     time.sleep(1)  # into its shard's first image
-    published = read_manifest(run_dir / "stage3" / "shards")["shards"] if (run_dir / "stage3" / "shards" /
-                                                                         "manifest.json").is_file() else {}
+    before = published()
     slurm_cluster.run(["scancel", cancelled])
-    assert "synthetic-000001-000000.tar" not in published, published  # task 1's shard: unfinished
+    assert "synthetic-000001-000000.tar" not in before, before  # task 1's shard: unfinished
+    preempted = wait_for(labelling(2), "labelling task 2 at work", 200, second, tmp_path / "second.log")
+    time.sleep(1)
+    slurm_cluster.run(["scancel", "--signal=USR2", preempted])  # as SLURM warns a job it preempts: requeued
     second.wait(timeout=300)
     out = (tmp_path / "second.log").read_text()
     assert second.returncode == 0, out[-6000:]
@@ -104,6 +112,7 @@ def test_the_engine_runs_its_steps_as_slurm_jobs_survives_a_restart_and_a_cancel
     assert slurm_cluster.state(cancelled) == "CANCELLED"
     assert cancelled in labels["submitted"] and len(labels["submitted"]) == 4 and len(resubmitted) == 3
     assert labels["tasks"]["1"]["job_id"] != cancelled
+    assert labels["tasks"]["2"]["job_id"] == preempted and slurm_cluster.job_info(preempted)["Restarts"] == "1"
     assert all(slurm_cluster.state(job["job_id"]) == "COMPLETED" for job in labels["tasks"].values())
 
     pool = read_manifest(tmp_path / "data" / "pool3")["shards"]
