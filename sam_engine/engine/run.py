@@ -163,9 +163,9 @@ class DataEngine:
         """The steps whose masks the training of ``step`` reads (``conf/stage``'s ``collected``): stage 1's
         rounds so far; stage 1's and stage 2's so far; or stage 3's own."""
         plan = self.plan()
-        so_far = [name for name, _, _ in plan][: [name for name, _, _ in plan].index(step) + 1]
+        so_far = plan[: [name for name, _, _ in plan].index(step) + 1]
         stages = (3,) if stage == 3 else tuple(range(1, stage + 1))
-        return [name for name, s, _ in plan if name in so_far and s in stages]
+        return [name for name, s, _ in so_far if s in stages]
 
     def round_start(self, stage: int, round_: int) -> int:
         """The index in its pool of a round's first image: rounds take ``images_per_round`` images each, in
