@@ -237,9 +237,9 @@ def test_the_hand_submitted_templates_ask_for_what_the_launcher_asks_for(tmp_pat
     the launcher's defaults give submitit (conf/launcher/slurm.yaml)."""
     slurm = launcher(tmp_path)
     options = slurm.cfg.train
-    train = slurm.executor("train", tmp_path, nodes=options.nodes, ntasks_per_node=options.tasks_per_node,
-                           gpus_per_node=options.gpus_per_node, cpus_per_task=options.cpus_per_task,
-                           signal=f"USR1@{options.signal_seconds}").parameters
+    train = slurm.executor("train", tmp_path / "train.json", nodes=options.nodes,
+                           ntasks_per_node=options.tasks_per_node, gpus_per_node=options.gpus_per_node,
+                           cpus_per_task=options.cpus_per_task, signal=f"USR1@{options.signal_seconds}").parameters
     template = sbatch_options(REPO / "slurm" / "train.sbatch")
     assert template["signal"] == train["additional_parameters"]["signal"] == "USR1@120"
     assert "requeue" in template and train["additional_parameters"]["requeue"] is True
@@ -247,7 +247,7 @@ def test_the_hand_submitted_templates_ask_for_what_the_launcher_asks_for(tmp_pat
     for option, key in (("nodes", "nodes"), ("ntasks-per-node", "ntasks_per_node"), ("gpus-per-node", "gpus_per_node"),
                         ("cpus-per-task", "cpus_per_task")):
         assert int(template[option]) == train[key], option
-    label = slurm.executor("label", tmp_path, gpus_per_task=slurm.cfg.label.gpus_per_task,
+    label = slurm.executor("label", tmp_path / "label.json", gpus_per_task=slurm.cfg.label.gpus_per_task,
                            cpus_per_task=slurm.cfg.label.cpus_per_task,
                            signal_delay_s=slurm.cfg.label.signal_seconds).parameters
     template = sbatch_options(REPO / "slurm" / "label_array.sbatch")

@@ -37,13 +37,14 @@ class Launcher(Protocol):
         """
 
 
-def check_labelled(cfg: DictConfig) -> None:
-    """Raise RuntimeError unless every input shard of the ``label`` config ``cfg`` has its output, once."""
+def labelling_problem(cfg: DictConfig) -> str | None:
+    """What the labelling of the ``label`` config ``cfg`` lacks (input shards without output, images written
+    twice), or None when every input shard has its output, once."""
     report = verify_output(list_input_shards(cfg.input, cfg.images_per_shard), cfg.output)
     if report["missing"] or report["duplicate_keys"]:
-        raise RuntimeError(f"labelling {cfg.input} -> {cfg.output} is incomplete: {len(report['missing'])} input "
-                           f"shards without output ({', '.join(report['missing'][:5])}), "
-                           f"{report['duplicate_keys']} images written twice")
+        return (f"labelling {cfg.input} -> {cfg.output} is incomplete: {len(report['missing'])} input shards "
+                f"without output ({', '.join(report['missing'][:5])}), {report['duplicate_keys']} images written twice")
+    return None
 
 
 class LocalLauncher:
@@ -57,7 +58,9 @@ class LocalLauncher:
 
     def label(self, cfg: DictConfig) -> None:
         label(cfg)
-        check_labelled(cfg)
+        problem = labelling_problem(cfg)
+        if problem is not None:
+            raise RuntimeError(problem)
 
 
 def train_command(cfg: DictConfig) -> dict:

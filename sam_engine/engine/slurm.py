@@ -33,7 +33,7 @@ import submitit
 from omegaconf import DictConfig, OmegaConf
 
 from sam_engine.engine import jobs
-from sam_engine.engine.launcher import check_labelled, save_train_config
+from sam_engine.engine.launcher import labelling_problem, save_train_config
 from sam_engine.label.labeller import list_input_shards
 from sam_engine.train.distributed import OWNER_FILE
 from sam_engine.utils.atomic_files import write_json_atomic
@@ -110,16 +110,17 @@ class SlurmLauncher:
         run_dir = Path(cfg.run_dir)
         config = save_train_config(cfg, command=False)
         metrics = run_dir / "metrics.json"
+        record = run_dir.parent / "jobs" / "train.json"
 
         def submit(tasks: list[int]) -> list[Job]:
             (run_dir / OWNER_FILE).unlink(missing_ok=True)  # no job of this training lives: the new one owns it
             train = self.cfg.train
-            executor = self.executor("train", run_dir.parent, nodes=train.nodes, ntasks_per_node=train.tasks_per_node,
+            executor = self.executor("train", record, nodes=train.nodes, ntasks_per_node=train.tasks_per_node,
                                      gpus_per_node=train.gpus_per_node or None, cpus_per_task=train.cpus_per_task,
                                      signal=f"USR1@{train.signal_seconds}")
             return self.submitted([executor.submit(jobs.train_task, str(config))])
 
-        self.run("training " + str(run_dir), run_dir.parent / "jobs" / "train.json", 1, submit,
+        self.run("training " + str(run_dir), record, 1, submit,
                  lambda: None if metrics.is_file() else f"{metrics} was not written", self.cfg.train.retries)
         return json.loads(metrics.read_text())
 
@@ -127,14 +128,15 @@ class SlurmLauncher:
         run_dir = Path(cfg.run_dir)
         config = save_train_config(cfg, command=False)
         out = run_dir / "evaluation.json"
+        record = run_dir / "jobs" / "evaluate.json"
 
         def submit(tasks: list[int]) -> list[Job]:
             options = self.cfg.evaluate
-            executor = self.executor("evaluate", run_dir, ntasks_per_node=1, gpus_per_node=options.gpus or None,
+            executor = self.executor("evaluate", record, ntasks_per_node=1, gpus_per_node=options.gpus or None,
                                      cpus_per_task=options.cpus_per_task)
             return self.submitted([executor.submit(jobs.evaluate_task, str(config), str(out))])
 
-        self.run("evaluation " + str(run_dir), run_dir / "jobs" / "evaluate.json", 1, submit,
+        self.run("evaluation " + str(run_dir), record, 1, submit,
                  lambda: None if out.is_file() else f"{out} was not written", 0)
         return json.loads(out.read_text())
 
@@ -146,38 +148,32 @@ class SlurmLauncher:
         OmegaConf.save(cfg, config)
         options = self.cfg.label
         count = max(1, min(options.tasks, len(list_input_shards(cfg.input, cfg.images_per_shard))))
+        record = step_dir / "jobs" / "label.json"
 
         def submit(tasks: list[int]) -> list[Job]:
-            executor = self.executor("label", step_dir, ntasks_per_node=1, gpus_per_task=options.gpus_per_task or None,
+            executor = self.executor("label", record, ntasks_per_node=1, gpus_per_task=options.gpus_per_task or None,
                                      cpus_per_task=options.cpus_per_task, array_parallelism=options.parallel,
                                      signal_delay_s=options.signal_seconds, tasks=tasks)
             return self.submitted(executor.map_array(jobs.LabelTask(), [str(config)] * len(tasks), tasks,
                                                      [count] * len(tasks)))
 
-        def unlabelled() -> str | None:
-            try:
-                check_labelled(cfg)
-            except RuntimeError as problem:
-                return str(problem)
-            return None
-
-        self.run(f"labelling {cfg.input} -> {output}", step_dir / "jobs" / "label.json", count, submit, unlabelled,
+        self.run(f"labelling {cfg.input} -> {output}", record, count, submit, lambda: labelling_problem(cfg),
                  options.retries)
 
     # --- submitting and waiting ----------------------------------------------------------------------------
 
-    def executor(self, kind: str, record_dir: Path, signal: str | None = None, tasks: list[int] | None = None,
+    def executor(self, kind: str, record: Path, signal: str | None = None, tasks: list[int] | None = None,
                  **parameters) -> submitit.SlurmExecutor:
-        """A submitit executor for one kind of job: the launcher's common options, then ``parameters``."""
+        """A submitit executor for one kind of job: the launcher's common options, then ``parameters``; its
+        ``--comment`` names the ``record`` its jobs go in and their ``tasks`` (:meth:`Record.adopt_unrecorded`)."""
         executor = submitit.SlurmExecutor(folder=self.folder)
-        record = (record_dir / "jobs" / f"{kind}.json").resolve()
         additional = {"requeue": True, **OmegaConf.to_container(self.cfg.additional)}
         if signal is not None:  # instead of submitit's USR2: the training's own handler (train/requeue.py)
             additional["signal"] = signal
         executor.update_parameters(
             job_name=f"sam-{kind}", time=self.cfg.time_minutes, partition=self.cfg.partition,
             account=self.cfg.account, qos=self.cfg.qos, setup=list(self.cfg.setup),
-            comment=f"{COMMENT}{record}:{','.join(str(t) for t in tasks or [0])}",
+            comment=f"{COMMENT}{record.resolve()}:{','.join(str(t) for t in tasks or [0])}",
             additional_parameters=additional, **parameters,
         )
         return executor

@@ -89,11 +89,9 @@ class Progress:
         self.close()
 
 
-def progress_of(items: Iterable[T], label: str, total: int | None = None, unit: str = "images") -> Iterator[T]:
-    """``items``, reporting progress as each is taken (``total``: ``len(items)`` when it has one)."""
-    if total is None and hasattr(items, "__len__"):
-        total = len(items)
-    with Progress(label, total, unit) as progress:
+def progress_of(items: Iterable[T], label: str) -> Iterator[T]:
+    """``items`` (images), reporting progress as each is taken, against ``len(items)`` when they have one."""
+    with Progress(label, len(items) if hasattr(items, "__len__") else None) as progress:
         for item in items:
             yield item
             progress.update()
