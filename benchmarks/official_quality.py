@@ -15,8 +15,10 @@ synthetic scenes (the embedded dataset's scene settings, ``--seed`` distinct fro
   NoC90 (clicks to IoU >= 0.9, ``--max-clicks`` when never reached).
 
 Every mIoU comes with a 95% confidence interval (normal approximation over images: masks of one
-image are not independent). ``--json`` writes the figures. Printed first, the same scenes' box prior
-without any model: the ellipse inscribed in each tight box, the floor a box prompt should clear.
+image are not independent). ``--json`` writes the figures. Printed first, two references on the same
+scenes: the box prior without any model (the ellipse inscribed in each tight box, the floor a box prompt
+should clear), and the 1-click ceilings of a perfect segmenter that must still pick one of the nested
+masks (whole, part, sub-part) holding the click: the smallest of them, or the largest.
 """
 
 from __future__ import annotations
@@ -110,6 +112,32 @@ def box_prior(num_images: int, seed: int) -> tuple[float, float]:
     return mean_with_interval(per_image)
 
 
+def nested_click_ceilings(gt: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """N x H x W bool ground truth -> (N, N) IoUs with each mask of the smallest and of the largest ground-truth
+    mask holding its 1-click point: what a segmenter that outlines every mask exactly scores when it answers
+    the innermost or the outermost of the nested masks a click falls in."""
+    clicks = farthest_from_boundary_points(gt).points.long()  # N x 2 (x, y)
+    holds = gt[:, clicks[:, 1], clicks[:, 0]].T  # click k x mask j
+    flat = gt.flatten(1).float()
+    area = flat.sum(1)
+    inter = flat @ flat.T
+    ious = inter / (area[:, None] + area[None] - inter)
+    rows = torch.arange(len(gt))
+    smallest = torch.where(holds, area[None], torch.inf).argmin(1)
+    largest = torch.where(holds, area[None], -torch.inf).argmax(1)
+    return ious[rows, smallest], ious[rows, largest]
+
+
+def click_ceilings(num_images: int, seed: int) -> tuple[tuple[float, float], tuple[float, float]]:
+    """The mIoUs (and 95% half-widths) of :func:`nested_click_ceilings` on the benchmark's scenes."""
+    spec, innermost, outermost = embedded_scene_spec(), [], []
+    for index in range(num_images):
+        smallest, largest = nested_click_ceilings(torch.from_numpy(generate_scene(seed, index, spec).masks))
+        innermost.append(smallest)
+        outermost.append(largest)
+    return mean_with_interval(innermost), mean_with_interval(outermost)
+
+
 def mean_with_interval(per_image: list[torch.Tensor]) -> tuple[float, float]:
     """The mean over all masks and the half-width of its 95% interval, from the spread of image means."""
     values = torch.cat(per_image)
@@ -151,6 +179,9 @@ def main() -> None:
     args = parser.parse_args()
     prior, prior_half = box_prior(args.images, args.seed)
     print(f"box prior, no model (the ellipse inscribed in the tight box): {prior:.3f} +- {prior_half:.3f}")
+    (inner, inner_half), (outer, outer_half) = click_ceilings(args.images, args.seed)
+    print(f"1-click ceiling of exact masks, answering the innermost of the nested masks holding the click: "
+          f"{inner:.3f} +- {inner_half:.3f}; the outermost: {outer:.3f} +- {outer_half:.3f}")
     rows = []
     for export in args.exports:
         row = evaluate(export, args.images, args.seed, args.max_clicks)
