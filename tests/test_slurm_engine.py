@@ -124,7 +124,8 @@ def test_the_engine_runs_its_steps_as_slurm_jobs_survives_a_restart_and_a_cancel
     assert sorted(re.findall(r"Initializing distributed: GLOBAL_RANK: (\d)", seed_logs)) == ["0", "1"]  # DDP
     assert json.loads((run_dir / "seed" / "train" / "metrics.json").read_text())["steps"] == 3
 
-    run(tmp_path / "local", *small(f"data.root={tmp_path / 'data'}"))  # the same engine in this process
+    # the same engine in this process (its labelling need not be slow: it compares steps, columns and images)
+    run(tmp_path / "local", *small(f"data.root={tmp_path / 'data'}", "stage3.amg.points_per_side=4"))
     rows = json.loads((run_dir / "engine_summary.json").read_text())
     local = json.loads((tmp_path / "local" / "run" / "engine_summary.json").read_text())
     assert [row["step"] for row in rows] == [row["step"] for row in local] == ["seed", "stage1/round1", "stage3",
@@ -206,10 +207,27 @@ def test_a_restarted_engine_waits_for_recorded_and_unrecorded_live_jobs_and_retr
 
     launcher(tmp_path).run("labelling", records, 3, submit, lambda: None if labelled["done"] else "shards missing",
                            retries=1)
-    assert fake.submissions == [[1]]  # only the cancelled task, once every live job ended
+    assert fake.submissions == [[1]]  # only the cancelled task, as soon as it ended
     saved = record(records)
     assert saved["submitted"] == ["7_0", "7_1", "8", "103"] and saved["tasks"]["2"]["job_id"] == "8"
     assert saved["tasks"]["1"]["job_id"] == "103"
+
+
+def test_a_failed_task_is_submitted_again_while_the_other_tasks_run_on(tmp_path, monkeypatch):
+    fake = FakeCluster(monkeypatch)
+    records = tmp_path / "jobs" / "label.json"
+
+    def submit(tasks):
+        if fake.submissions:  # the retry of task 1 comes while task 0's job 100 still runs
+            assert len(fake.states["100"]) > 1, fake.states["100"]
+        jobs = fake.submit(tasks)
+        if len(fake.submissions) == 1:
+            fake.states.update({"100": ["RUNNING"] * 5 + ["COMPLETED"], "101": ["RUNNING", "FAILED"]})
+        return jobs
+
+    launcher(tmp_path).run("labelling", records, 2, submit, lambda: None, retries=1)
+    assert fake.submissions == [[0, 1], [1]]
+    assert record(records)["tasks"]["1"]["job_id"] == "102" and record(records)["tasks"]["0"]["job_id"] == "100"
 
 
 def test_launcher_values_and_trainer_are_checked_by_key(tmp_path):

@@ -186,52 +186,72 @@ class SlurmLauncher:
         """Run tasks ``0 .. count - 1`` of a part of a step as jobs until ``unfinished()`` finds nothing missing
         (it returns None, else what is missing).
 
-        Jobs recorded in ``record_path`` (or found in ``squeue`` by their comment) that still run are waited for;
-        tasks without a job, or whose job ended without completing, are submitted (``retries`` more times).
+        Jobs recorded in ``record_path`` (or found in ``squeue`` by their comment) that still run are waited for.
+        A task without a job, or whose job ended without completing, is submitted as soon as that is seen,
+        while the other tasks run on: at most ``retries + 1`` times by this run of the engine.
 
         Raises:
             RuntimeError: a task's job ended without completing after its retries, naming the job, state and log.
         """
         record = Record(record_path, self.folder)
         record.adopt_unrecorded()
-        submissions = 0
+        ended: dict[str, str] = {}  # job id -> the state it ended in
+        submissions = dict.fromkeys(range(count), 0)
+        announce = True
         while True:
-            waiting = {task: job for task, job in record.tasks.items() if job_state(job.job_id) not in ENDED}
-            if waiting:
-                log.info("%s: waiting for SLURM jobs %s (logs: %s)", name,
-                         " ".join(j.job_id for j in waiting.values()), " ".join(j.log for j in waiting.values()))
-                self.wait(waiting)
-            missing = unfinished()
-            if missing is None:
-                return
-            states = {task: job_state(job.job_id) for task, job in record.tasks.items()}
-            redo = [task for task in range(count) if states.get(task) != "COMPLETED"]
-            if submissions > retries or not redo:
-                ended = [f"job {job.job_id} ended {states[task]} (log: {job.log})"
-                         for task, job in record.tasks.items() if states[task] != "COMPLETED"]
-                raise RuntimeError(f"{name}: " + ("; ".join(ended) or f"its jobs completed, yet {missing}")
-                                   + f"; jobs recorded in {record_path}. Run the engine again to submit it again")
-            if record.tasks:
-                log.warning("%s: submitting tasks %s again", name, redo)
-            with outside_the_engines_allocation():
-                new = submit(redo)
-            record.add(dict(zip(redo, new, strict=True)))
-            submissions += 1
-            log.info("%s: submitted SLURM jobs %s (logs: %s)", name, " ".join(j.job_id for j in new),
-                     " ".join(j.log for j in new))
-
-    def wait(self, waiting: dict[int, Job]) -> None:
-        """Return once every job of ``waiting`` has ended (logging each end)."""
-        while waiting:
+            states = self.states(record, ended)
+            redo = [task for task in range(count) if submissions[task] <= retries
+                    and (task not in states or states[task] in ENDED - {"COMPLETED"})]
+            if redo:
+                self.submit_tasks(name, record, redo, submit)
+                for task in redo:
+                    submissions[task] += 1
+                announce = True
+                continue
+            live = [job for task, job in record.tasks.items() if states[task] not in ENDED]
+            if not live:
+                break
+            if announce:
+                log.info("%s: waiting for SLURM jobs %s (logs: %s)", name, " ".join(j.job_id for j in live),
+                         " ".join(j.log for j in live))
+                announce = False
             time.sleep(self.cfg.poll_seconds)
-            for task, job in list(waiting.items()):
-                state = job_state(job.job_id)
-                if state in ENDED:
-                    time.sleep(SETTLE_SECONDS)
-                    state = job_state(job.job_id)
-                if state in ENDED:
-                    log.info("SLURM job %s ended %s", job.job_id, state)
-                    del waiting[task]
+        missing = unfinished()
+        if missing is None:
+            return
+        failed = [f"job {job.job_id} ended {states[task]} (log: {job.log})"
+                  for task, job in record.tasks.items() if states[task] != "COMPLETED"]
+        raise RuntimeError(f"{name}: " + ("; ".join(failed) or f"its jobs completed, yet {missing}")
+                           + f"; jobs recorded in {record_path}. Run the engine again to submit it again")
+
+    def submit_tasks(self, name: str, record: Record, tasks: list[int],
+                     submit: Callable[[list[int]], list[Job]]) -> None:
+        """Submit ``tasks`` (from outside the engine's own allocation) and record their jobs at once."""
+        again = [task for task in tasks if task in record.tasks]
+        if again:
+            log.warning("%s: submitting tasks %s again", name, again)
+        with outside_the_engines_allocation():
+            new = submit(tasks)
+        record.add(dict(zip(tasks, new, strict=True)))
+        log.info("%s: submitted SLURM jobs %s (logs: %s)", name, " ".join(j.job_id for j in new),
+                 " ".join(j.log for j in new))
+
+    @staticmethod
+    def states(record: Record, ended: dict[str, str]) -> dict[int, str]:
+        """The state of each task's latest job. A job being requeued shows an ended state for a moment: an end
+        is believed once it holds ``SETTLE_SECONDS`` (one wait for every job that looks ended), then kept in
+        ``ended`` (job id -> state) and logged."""
+        states = {task: ended.get(job.job_id) or job_state(job.job_id) for task, job in record.tasks.items()}
+        looks_ended = [task for task, job in record.tasks.items() if states[task] in ENDED and job.job_id not in ended]
+        if looks_ended:
+            time.sleep(SETTLE_SECONDS)
+        for task in looks_ended:
+            job = record.tasks[task]
+            states[task] = job_state(job.job_id)
+            if states[task] in ENDED:
+                ended[job.job_id] = states[task]
+                log.info("SLURM job %s ended %s", job.job_id, states[task])
+        return states
 
 
 class Record:
