@@ -113,9 +113,9 @@ def box_prior(num_images: int, seed: int) -> tuple[float, float]:
 
 
 def nested_click_ceilings(gt: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """N x H x W bool ground truth -> (N, N) IoUs with each mask of the smallest and of the largest ground-truth
-    mask holding its 1-click point: what a segmenter that outlines every mask exactly scores when it answers
-    the innermost or the outermost of the nested masks a click falls in."""
+    """N x H x W bool ground truth -> two (N,) IoUs: each mask's with the smallest, and with the largest,
+    ground-truth mask holding its 1-click point. What a segmenter that outlines every mask exactly scores
+    when it answers the innermost or the outermost of the nested masks a click falls in."""
     clicks = farthest_from_boundary_points(gt).points.long()  # N x 2 (x, y)
     holds = gt[:, clicks[:, 1], clicks[:, 0]].T  # click k x mask j
     flat = gt.flatten(1).float()
