@@ -23,12 +23,14 @@ shorten. ``--start`` changes the initialisation:
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import time
 
 import numpy as np
 import torch
+from official_quality import embedded_scene_spec
 
-from sam_engine.data.synthetic.scenes import SceneSpec, generate_scene
+from sam_engine.data.synthetic.scenes import generate_scene
 from sam_engine.model import build_sam
 from sam_engine.model.sam import Sam
 from sam_engine.train.interactive import SimulationConfig, simulate_training
@@ -37,8 +39,11 @@ STARTS = ("as_built", "zero_hypernetwork", "sharper_attention", "position_embedd
 
 
 def scene_masks(size: int, num_scenes: int) -> torch.Tensor:
-    """M x size x size bool: every mask of ``num_scenes`` scenes with the embedded dataset's object settings."""
-    spec = SceneSpec(image_size=size, min_objects=3, max_objects=12, object_area=(0.004, 0.15), min_mask_area=16)
+    """M x size x size bool: every mask of ``num_scenes`` scenes with the embedded dataset's object settings
+    (its smallest mask area scaled to ``size``)."""
+    embedded = embedded_scene_spec()
+    spec = dataclasses.replace(embedded, image_size=size,
+                               min_mask_area=round(embedded.min_area * (size / embedded.image_size) ** 2))
     return torch.cat([torch.from_numpy(np.ascontiguousarray(generate_scene(77, i, spec).masks))
                       for i in range(num_scenes)])
 

@@ -103,15 +103,6 @@ def ellipse_in_box(boxes: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     return ((xs - cx) / rx) ** 2 + ((ys - cy) / ry) ** 2 <= 1
 
 
-def box_prior(num_images: int, seed: int) -> tuple[float, float]:
-    """The mIoU (and its 95% half-width) of :func:`ellipse_in_box` on the benchmark's scenes."""
-    spec, per_image = embedded_scene_spec(), []
-    for index in range(num_images):
-        gt = torch.from_numpy(generate_scene(seed, index, spec).masks)
-        per_image.append(iou(ellipse_in_box(mask_boxes(gt), gt.shape[-2:]), gt))
-    return mean_with_interval(per_image)
-
-
 def nested_click_ceilings(gt: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """N x H x W bool ground truth -> two (N,) IoUs: each mask's with the smallest, and with the largest,
     ground-truth mask holding its 1-click point. What a segmenter that outlines every mask exactly scores
@@ -128,14 +119,18 @@ def nested_click_ceilings(gt: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]
     return ious[rows, smallest], ious[rows, largest]
 
 
-def click_ceilings(num_images: int, seed: int) -> tuple[tuple[float, float], tuple[float, float]]:
-    """The mIoUs (and 95% half-widths) of :func:`nested_click_ceilings` on the benchmark's scenes."""
-    spec, innermost, outermost = embedded_scene_spec(), [], []
+def references(num_images: int, seed: int) -> dict[str, tuple[float, float]]:
+    """The model-free references on the benchmark's scenes, each an mIoU and its 95% half-width: ``box_prior``
+    (:func:`ellipse_in_box`) and the ``innermost`` and ``outermost`` 1-click ceilings
+    (:func:`nested_click_ceilings`); each scene is generated once."""
+    spec, per_image = embedded_scene_spec(), {"box_prior": [], "innermost": [], "outermost": []}
     for index in range(num_images):
-        smallest, largest = nested_click_ceilings(torch.from_numpy(generate_scene(seed, index, spec).masks))
-        innermost.append(smallest)
-        outermost.append(largest)
-    return mean_with_interval(innermost), mean_with_interval(outermost)
+        gt = torch.from_numpy(generate_scene(seed, index, spec).masks)
+        per_image["box_prior"].append(iou(ellipse_in_box(mask_boxes(gt), gt.shape[-2:]), gt))
+        smallest, largest = nested_click_ceilings(gt)
+        per_image["innermost"].append(smallest)
+        per_image["outermost"].append(largest)
+    return {name: mean_with_interval(values) for name, values in per_image.items()}
 
 
 def mean_with_interval(per_image: list[torch.Tensor]) -> tuple[float, float]:
@@ -177,9 +172,10 @@ def main() -> None:
     parser.add_argument("--max-clicks", type=int, default=20, help="NoC cap")
     parser.add_argument("--json", help="write the results here")
     args = parser.parse_args()
-    prior, prior_half = box_prior(args.images, args.seed)
+    reference = references(args.images, args.seed)
+    (prior, prior_half), (inner, inner_half) = reference["box_prior"], reference["innermost"]
+    outer, outer_half = reference["outermost"]
     print(f"box prior, no model (the ellipse inscribed in the tight box): {prior:.3f} +- {prior_half:.3f}")
-    (inner, inner_half), (outer, outer_half) = click_ceilings(args.images, args.seed)
     print(f"1-click ceiling of exact masks, answering the innermost of the nested masks holding the click: "
           f"{inner:.3f} +- {inner_half:.3f}; the outermost: {outer:.3f} +- {outer_half:.3f}")
     rows = []
