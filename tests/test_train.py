@@ -100,7 +100,8 @@ def test_stage_one_learns_from_scratch_on_cpu(tmp_path):
 
     env = {**os.environ, "SAM_ENGINE_DATA": str(tmp_path / "data")}
     schedule = ["stage.max_steps=320", "stage.prompt_warmup_steps=320", "stage.milestones=[310]",
-                "data.synthetic.1.num_images=16", "eval.max_clicks=10", "data.steps_per_epoch=320"]  # no mid-run val
+                "data.synthetic.1.num_images=16", "eval.max_clicks=10",
+                "data.steps_per_epoch=1000"]  # no validation at an epoch's end, only before and after
     result = subprocess.run(
         [sys.executable, "-m", "sam_engine.train", "stage=1", f"engine_dir={tmp_path / 'engine'}", *schedule],
         capture_output=True, text=True, timeout=900, env=env,
