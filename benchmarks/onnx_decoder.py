@@ -22,7 +22,7 @@ from timing import median_seconds
 
 from sam_engine.model import build_sam
 from sam_engine.model.official import official_twin
-from sam_engine.onnx_export import OnnxDecoder, export_decoder
+from sam_engine.onnx_export.decoder import OnnxDecoder, export_decoder
 
 
 def median_ms(fn, runs: int) -> float:

@@ -33,6 +33,8 @@ SEED_STEP = 0
 """The number of the engine's seed training in its summaries (it trains as stage 1 does)."""
 FINAL_STEP = 4
 """The number of the engine's final evaluation in its summaries."""
+ALL_STEPS = (SEED_STEP, *(entry.number for entry in STAGES), FINAL_STEP)
+"""Every step number of a whole engine run, in order."""
 
 
 def stage(number: int) -> Stage:

@@ -8,8 +8,9 @@ import tarfile
 
 import numpy as np
 
-from sam_engine.annotate import AnnotationTimeModel, SimulatedAnnotator
+from sam_engine.annotate.cost import AnnotationTimeModel
 from sam_engine.annotate.session import RoundSetup, annotate_round, pool_samples, round_statistics
+from sam_engine.annotate.simulated import SimulatedAnnotator
 from sam_engine.data.records import make_annotations, make_record
 from sam_engine.data.synthetic.dataset import ensure_synthetic_dataset
 from sam_engine.model import build_sam

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from sam_engine.annotate import AnnotatedMasks, AnnotationTimeModel, SimulatedAnnotator, uncovered
+from sam_engine.annotate.cost import AnnotationTimeModel
+from sam_engine.annotate.simulated import AnnotatedMasks, SimulatedAnnotator, uncovered
 from sam_engine.data.synthetic.scenes import LEVEL_WHOLE, SceneSpec, generate_scene
 from sam_engine.metrics.interactive import mask_iou
 from sam_engine.model import build_sam

@@ -56,6 +56,18 @@ def test_help(tmp_path, command):
     assert list(tmp_path.iterdir()) == [], "--help wrote files"
 
 
+@pytest.mark.parametrize("module", ["sam_engine.train", "sam_engine.label", "sam_engine.engine", "sam_engine.predict",
+                                    "sam_engine.annotate.web", "sam_engine.onnx_export"])
+def test_help_of_a_model_command_loads_no_torch(tmp_path, module):
+    """--help answers in a second: the work (torch, Lightning, the model) is imported only once there is some."""
+    probe = (f"import runpy, sys; sys.argv = [{module!r}, '--help']\n"
+             f"try:\n    runpy.run_module({module!r}, run_name='__main__')\n"
+             "except SystemExit:\n    pass\nprint('torch' in sys.modules)")
+    result = subprocess.run([sys.executable, "-c", probe], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines()[-1] == "False", result.stdout[-500:]
+
+
 def test_every_console_script_has_its_help_tested():
     assert SCRIPT_OF.keys() == {command[0] for command in COMMANDS}, SCRIPTS
 

@@ -16,7 +16,7 @@ from segment_anything.utils.onnx import SamOnnxModel
 
 from sam_engine.model import build_sam, load_export
 from sam_engine.model.official import official_twin
-from sam_engine.onnx_export import ONNX_INPUTS, ONNX_OUTPUTS, OnnxDecoder, export_decoder
+from sam_engine.onnx_export.decoder import ONNX_INPUTS, ONNX_OUTPUTS, OnnxDecoder, export_decoder
 
 TOLERANCE = 1e-4
 

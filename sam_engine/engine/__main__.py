@@ -19,7 +19,7 @@ import sys
 from omegaconf import DictConfig
 
 from sam_engine.cli import run_command
-from sam_engine.engine.session import ALL_STEPS, run_engine
+from sam_engine.stages import ALL_STEPS
 
 PAUSED_EXIT_CODE = 3
 GROUP_ALIASES = {"data": "engine_data@data"}
@@ -28,6 +28,8 @@ GROUP_ALIASES = {"data": "engine_data@data"}
 
 def engine(cfg: DictConfig) -> list[dict]:
     """Run the engine's steps (those of ``cfg.stage`` alone when one is given); exit 3 when paused."""
+    from sam_engine.engine.session import run_engine  # torch, Lightning, the model: seconds that --help skips
+
     rows = run_engine(cfg, stages=ALL_STEPS if cfg.get("stage") is None else (cfg.stage.number,))
     if rows is None:
         sys.exit(PAUSED_EXIT_CODE)

@@ -11,13 +11,12 @@ from sam_engine.annotate.web.server import ServeOptions
 from sam_engine.engine.dashboard import NullDashboard, WandbDashboard, write_engine_summary
 from sam_engine.engine.run import ENGINE_GROUPS, DataEngine, engine_group
 from sam_engine.engine.steps import EnginePaused, Steps, record_run_config
-from sam_engine.stages import FINAL_STEP, SEED_STEP, STAGES
+from sam_engine.stages import ALL_STEPS
 from sam_engine.train.distributed import uses_slurm
 from sam_engine.utils.config_checks import check_values, typed_config
 
 log = logging.getLogger(__name__)
 
-ALL_STEPS = (SEED_STEP, *(stage.number for stage in STAGES), FINAL_STEP)
 UNCLAIMED_KEYS = ("logger", "annotator.web", "launcher")
 """Config keys (dotted) that do not change what the steps write: a rerun may change them."""
 LAUNCHERS = ("local", "slurm")

@@ -1,13 +1,4 @@
-"""``python -m sam_engine.predict`` (``sam-predict``): one image, a few clicks, masks saved as a PNG overlay.
-
-    python -m sam_engine.predict                                  # tiny model, synthetic scene
-    python -m sam_engine.predict model=vit_b checkpoint=sam_vit_b_01ec64.pth image=photo.jpg
-    python -m sam_engine.predict checkpoint=outputs/run/export points='[[120,80],[300,200]]'
-
-Each click is a single-point prompt; of SAM's three outputs the one with the highest predicted IoU
-is kept. On a synthetic scene the clicks go to the centres of the largest objects and the mIoU
-against their ground truth is printed.
-"""
+"""The work of ``sam-predict`` (:mod:`sam_engine.predict.__main__`): one image, a few clicks, an overlay PNG."""
 
 from __future__ import annotations
 
@@ -18,13 +9,11 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from sam_engine.cli import run_command
 from sam_engine.data.images import decode_image
 from sam_engine.data.synthetic.scenes import SceneSpec, generate_scene
 from sam_engine.model import load_model
 from sam_engine.predict.predictor import SamPredictor
 from sam_engine.train.prompts import farthest_from_boundary_points
-from sam_engine.utils.config_checks import check_values
 from sam_engine.utils.visualize import overlay_masks, save_png
 
 log = logging.getLogger(__name__)
@@ -51,7 +40,6 @@ def grid_points(height: int, width: int, per_side: int = 3) -> np.ndarray:
 
 def predict(cfg: DictConfig) -> None:
     """Segment ``cfg.image`` (or a synthetic scene) from its clicks; save the overlay to ``cfg.out``."""
-    check_values(cfg, integers={"scene_seed": 0, "num_clicks": 1}, strings=("out", "image"), nullable=("image",))
     model = load_model(cfg.checkpoint, OmegaConf.to_container(cfg.model)).to(cfg.device)
     truth = None
     if cfg.image is None:
@@ -77,10 +65,3 @@ def predict(cfg: DictConfig) -> None:
         union = (masks | truth).reshape(len(masks), -1).sum(1)
         log.info("mIoU against the scene's ground truth: %.3f", float(np.mean(inter / np.maximum(union, 1))))
 
-
-def main() -> None:
-    run_command(predict, "predict")
-
-
-if __name__ == "__main__":
-    main()

@@ -1,11 +1,4 @@
-"""``python -m sam_engine.annotate.web`` (``sam-annotate-web``): people annotate a round of images in the browser.
-
-    sam-annotate-web pool=shards/photos checkpoint=outputs/engine/stage1/round2/train/export out_dir=shards/manual
-    sam-annotate-web pool=shards/photos checkpoint=export out_dir=shards/manual stage=2 prefix=round03 start=40
-
-Prints the page's address, serves until every image of the round is finished (the round's shard is then
-published) and prints the round's progress; stopped before, the same command resumes the round.
-"""
+"""The work of ``sam-annotate-web`` (:mod:`sam_engine.annotate.web.__main__`): serve one round of images."""
 
 from __future__ import annotations
 
@@ -19,23 +12,18 @@ from sam_engine.annotate.session import pool_samples
 from sam_engine.annotate.web.round import WebRound
 from sam_engine.annotate.web.segmenter import Segmenter
 from sam_engine.annotate.web.server import ServeOptions, serve
-from sam_engine.cli import run_command
 from sam_engine.label.labeller import model_id
 from sam_engine.model import load_model
-from sam_engine.utils.config_checks import check_values, typed_config
+from sam_engine.utils.config_checks import typed_config
 from sam_engine.utils.device import pick_device
-from sam_engine.utils.paths import check_output_is_not_input
 
 
 def annotate(cfg: DictConfig) -> dict:
-    """Serve one round (the ``annotate_web`` config) until it is published or stopped; returns its progress."""
-    check_values(cfg, integers={"start": 0, "images": 1}, strings=("pool", "checkpoint", "out_dir", "prefix", "device"))
+    """Serve one round (the ``annotate_web`` config, its values checked by ``__main__``) until it is published
+    or stopped; returns its progress."""
     stage = cfg.stage.number
-    if stage not in (1, 2):
-        raise ValueError(f"stage={stage}: people annotate in stage 1 or 2 (stage 3's masks come from sam-label)")
     options = typed_config(ServeOptions, cfg.serve, "serve")
     options.check()
-    check_output_is_not_input(cfg.pool, cfg.out_dir, input_key="pool", output_key="out_dir")
     samples = list(itertools.islice(pool_samples(cfg.pool), cfg.start, cfg.start + cfg.images))
     if not samples:
         raise ValueError(f"pool={cfg.pool}: no readable image from start={cfg.start}")
@@ -50,10 +38,3 @@ def annotate(cfg: DictConfig) -> dict:
     print(json.dumps(progress), flush=True)
     return progress
 
-
-def main() -> None:
-    run_command(annotate, "annotate_web")
-
-
-if __name__ == "__main__":
-    main()
