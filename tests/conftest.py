@@ -73,3 +73,13 @@ def ddp_run(tmp_path_factory, shards) -> tuple[Path, str]:
     result = train(*FAST, *shards, *DDP_CPU, *COMPARED, f"engine_dir={engine_dir}")
     assert result.returncode == 0, result.stderr[-3000:]
     return engine_dir / "stage1" / "train", result.stdout + result.stderr
+
+
+@pytest.fixture(scope="session")
+def engine_run(tmp_path_factory):
+    """One small engine run (``test_engine.SMALL``, every step) with wandb (offline): (its folder, its rows).
+    test_engine checks what it wrote; the SLURM engine test compares its own summary's columns with it."""
+    from test_engine import run
+
+    tmp_path = tmp_path_factory.mktemp("engine")
+    return tmp_path, run(tmp_path, "logger.wandb=true")

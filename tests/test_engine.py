@@ -67,13 +67,6 @@ def records(shards: Path) -> list[dict]:
     return [s.record for s in pool_samples(shards)]
 
 
-@pytest.fixture(scope="module")
-def engine_run(tmp_path_factory):
-    """One small engine run with wandb (offline), and its rows."""
-    tmp_path = tmp_path_factory.mktemp("engine")
-    return tmp_path, run(tmp_path, "logger.wandb=true")
-
-
 def test_engine_runs_every_step_and_writes_what_each_collected(engine_run):
     tmp_path, rows = engine_run
     run_dir = tmp_path / "run"

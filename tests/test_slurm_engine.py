@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 from hydra import compose, initialize_config_dir
-from test_engine import CONF, SMALL, run
+from test_engine import CONF, SMALL
 
 from sam_engine.data.shards import read_manifest
 from sam_engine.engine import slurm as slurm_launcher
@@ -57,7 +57,7 @@ def record(path: Path) -> dict:
 
 
 def test_the_engine_runs_its_steps_as_slurm_jobs_survives_a_restart_and_a_cancelled_labelling_task(
-        slurm_cluster, tmp_path):
+        slurm_cluster, tmp_path, engine_run):
     run_dir = tmp_path / "run"
     command = [sys.executable, "-m", "sam_engine.engine", f"run_dir={run_dir}", f"data.root={tmp_path / 'data'}",
                *small(*ON_SLURM)]
@@ -124,15 +124,13 @@ def test_the_engine_runs_its_steps_as_slurm_jobs_survives_a_restart_and_a_cancel
     assert sorted(re.findall(r"Initializing distributed: GLOBAL_RANK: (\d)", seed_logs)) == ["0", "1"]  # DDP
     assert json.loads((run_dir / "seed" / "train" / "metrics.json").read_text())["steps"] == 3
 
-    # the same engine in this process (its labelling need not be slow: it compares steps, columns and images)
-    run(tmp_path / "local", *small(f"data.root={tmp_path / 'data'}", "stage3.amg.points_per_side=4"))
+    # each step's summary row has the columns of the same step run in-process (the local engine run of test_engine)
     rows = json.loads((run_dir / "engine_summary.json").read_text())
-    local = json.loads((tmp_path / "local" / "run" / "engine_summary.json").read_text())
-    assert [row["step"] for row in rows] == [row["step"] for row in local] == ["seed", "stage1/round1", "stage3",
-                                                                               "final"]
-    for on_slurm, here in zip(rows, local, strict=True):
-        assert set(on_slurm) == set(here), on_slurm["step"]
-    assert rows[2]["images"] == local[2]["images"] == 9
+    local = {row["step"]: row for row in json.loads((engine_run[0] / "run" / "engine_summary.json").read_text())}
+    assert [row["step"] for row in rows] == ["seed", "stage1/round1", "stage3", "final"]
+    for on_slurm in rows:
+        assert set(on_slurm) == set(local[on_slurm["step"]]), on_slurm["step"]
+    assert rows[2]["images"] == 9
 
 
 # --- without SLURM: the bookkeeping on fake job states -----------------------------------------------------------
