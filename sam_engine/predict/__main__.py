@@ -18,6 +18,7 @@ from sam_engine.utils.config_checks import check_values
 
 
 def predict(cfg: DictConfig) -> None:
+    """Check the values of the ``predict`` config, then segment (:mod:`sam_engine.predict.run`)."""
     check_values(cfg, integers={"scene_seed": 0, "num_clicks": 1}, strings=("out", "image"), nullable=("image",))
     from sam_engine.predict.run import predict as run  # torch and the model: seconds that --help and a bad value skip
 

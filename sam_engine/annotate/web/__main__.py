@@ -17,6 +17,7 @@ from sam_engine.utils.paths import check_output_is_not_input
 
 
 def annotate(cfg: DictConfig) -> dict:
+    """Check the values of the ``annotate_web`` config, then serve the round (:mod:`sam_engine.annotate.web.run`)."""
     check_values(cfg, integers={"start": 0, "images": 1}, strings=("pool", "checkpoint", "out_dir", "prefix", "device"))
     if cfg.stage.number not in (1, 2):
         raise ValueError(f"stage={cfg.stage.number}: people annotate in stage 1 or 2 (stage 3's masks come from "
