@@ -93,8 +93,8 @@ def test_progress_lines_say_where_a_run_is_and_when_it_ends():
 @pytest.mark.slow
 def test_stage_one_learns_from_scratch_on_cpu(tmp_path):
     """Stage 1's default config (fresh tiny model, synthetic data) on a shorter schedule (320 steps of one
-    decoder pass, two thirds of the engine's seed training): ~2 min here. The full default (600
-    steps, the last 80 with 11 passes, 32 validation images up to 20 clicks) takes 6-7 min on a 2-core
+    decoder pass, two thirds of the engine's seed training): 2-3 min here. The full default (600
+    steps, the last 80 with 11 passes, 32 validation images up to 20 clicks) takes 6.5-8 min on a 2-core
     CPU, too long for the suite; ``python -m sam_engine.train stage=1`` runs it."""
     import os
 
