@@ -64,4 +64,3 @@ def predict(cfg: DictConfig) -> None:
         inter = (masks & truth).reshape(len(masks), -1).sum(1)
         union = (masks | truth).reshape(len(masks), -1).sum(1)
         log.info("mIoU against the scene's ground truth: %.3f", float(np.mean(inter / np.maximum(union, 1))))
-

@@ -37,4 +37,3 @@ def annotate(cfg: DictConfig) -> dict:
     progress = round_.progress()
     print(json.dumps(progress), flush=True)
     return progress
-
