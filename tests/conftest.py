@@ -30,26 +30,31 @@ def shards(synthetic_shards):
 
 
 @pytest.fixture(scope="session")
-def disk_export(tmp_path_factory):
-    """Export directory of the tiny model trained to answer clicks with disks (model_helpers.train_disk_model):
-    a model whose automatic masks are many, distinct and localised. 100 steps (17 s; the benchmarks train 200):
-    its masks are less sharp, so more of them pass the fitted thresholds (~160 on a 256-px scene, not ~50)."""
-    from model_helpers import train_disk_model
+def disk_models():
+    """The tiny model trained to answer clicks with disks (model_helpers.train_disk_models), after 100 and 200
+    steps of one run (~25 s): {100: model, 200: model}."""
+    from model_helpers import train_disk_models
 
-    from sam_engine.model import export_sam
-
-    return export_sam(train_disk_model(steps=100), tmp_path_factory.mktemp("disk_model") / "export")
+    return dict(zip((100, 200), train_disk_models(steps=(100, 200)), strict=True))
 
 
 @pytest.fixture(scope="session")
-def sharp_disk_export(tmp_path_factory):
-    """The disk model trained 200 steps (~25 s): its largest disk, picked by its predicted IoU, has IoU > 0.8 with
-    a disk of that radius (the web annotator's tests: web_helpers.disk_pool)."""
-    from model_helpers import train_disk_model
-
+def disk_export(tmp_path_factory, disk_models):
+    """Export directory of the disk model after 100 steps: a model whose automatic masks are many, distinct and
+    localised (the benchmarks train 200 steps: at 100 its masks are less sharp, so more of them pass the fitted
+    thresholds, ~160 on a 256-px scene, not ~50)."""
     from sam_engine.model import export_sam
 
-    return export_sam(train_disk_model(steps=200), tmp_path_factory.mktemp("sharp_disk_model") / "export")
+    return export_sam(disk_models[100], tmp_path_factory.mktemp("disk_model") / "export")
+
+
+@pytest.fixture(scope="session")
+def sharp_disk_export(tmp_path_factory, disk_models):
+    """The disk model after 200 steps: its largest disk, picked by its predicted IoU, has IoU > 0.8 with a disk
+    of that radius (the web annotator's tests: web_helpers.disk_pool)."""
+    from sam_engine.model import export_sam
+
+    return export_sam(disk_models[200], tmp_path_factory.mktemp("sharp_disk_model") / "export")
 
 
 @pytest.fixture(scope="session")

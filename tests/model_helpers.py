@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import copy
+from collections.abc import Sequence
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -43,6 +46,13 @@ def photograph() -> np.ndarray:
 
 
 def train_disk_model(variant: str = "tiny", steps: int = 200, seed: int = 0, clicks: int = 32) -> Sam:
+    """:func:`train_disk_models` at one step count."""
+    return train_disk_models(variant, (steps,), seed, clicks)[0]
+
+
+def train_disk_models(
+    variant: str = "tiny", steps: Sequence[int] = (200,), seed: int = 0, clicks: int = 32
+) -> list[Sam]:
     """A model trained for a few seconds to answer a click with disks around it (radii 3/64, 6/64 and 10/64
     of the image side for the three multimask outputs) and to predict their IoU, whatever the image.
 
@@ -51,6 +61,9 @@ def train_disk_model(variant: str = "tiny", steps: int = 200, seed: int = 0, cli
     generator's filters, NMS and crops all have work to do. The tiny model trains whole; larger variants
     train their prompt encoder and decoder only (their random encoder costs seconds per step on a CPU,
     and the disks do not depend on the image).
+
+    One run gives the model after each of ``steps`` (copies, in eval mode): the same weights as separate runs of
+    that many steps, for the cost of the longest.
     """
     torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(seed)
@@ -66,7 +79,8 @@ def train_disk_model(variant: str = "tiny", steps: int = 200, seed: int = 0, cli
     image = torch.zeros(1, 3, model.img_size, model.img_size)
     with torch.set_grad_enabled(train_encoder):
         embedding = model.encode_images(image)
-    for _ in range(steps):
+    models = []
+    for step in range(1, max(steps) + 1):
         points = torch.rand(clicks, 1, 2, generator=generator) * model.img_size
         low = points[:, 0] * side / model.img_size
         dx2 = (centres[None, None, :] - low[:, 0, None, None]) ** 2  # clicks x 1 x side
@@ -81,7 +95,9 @@ def train_disk_model(variant: str = "tiny", steps: int = 200, seed: int = 0, cli
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
-    return model.eval()
+        if step in steps:
+            models.append(copy.deepcopy(model).eval())
+    return models
 
 
 def amg_thresholds(model: Sam, image: np.ndarray, pass_fraction: float = 0.3) -> dict:

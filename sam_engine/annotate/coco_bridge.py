@@ -72,8 +72,8 @@ from sam_engine.data.importers.coco import (
     image_entry,
     load_coco_json,
 )
-from sam_engine.data.loader import MASK_DECODE_BYTES
 from sam_engine.data.records import (
+    MASK_DECODE_BYTES,
     SOURCES,
     decode_masks,
     make_annotations,

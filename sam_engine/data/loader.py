@@ -50,7 +50,14 @@ from webdataset.gopen import gopen
 from webdataset.tariterators import base_plus_ext, tar_file_iterator
 
 from sam_engine.data.images import ImageDecodeError, open_image
-from sam_engine.data.records import RecordError, decode_masks, mask_areas, rle_problem, validate_record
+from sam_engine.data.records import (
+    MASK_DECODE_BYTES,
+    RecordError,
+    decode_masks,
+    mask_areas,
+    rle_problem,
+    validate_record,
+)
 from sam_engine.data.shards import integrity_problem, list_shards, shard_sample_counts
 from sam_engine.transforms import PIXEL_MEAN, PIXEL_STD, normalize_and_pad, preprocess_shape
 from sam_engine.utils.json_input import parse_json
@@ -58,8 +65,6 @@ from sam_engine.utils.json_input import parse_json
 log = logging.getLogger(__name__)
 
 IMAGE_KEYS = ("jpg", "jpeg", "png")
-MASK_DECODE_BYTES = 256 * 2**20
-"""Full-resolution masks are decoded this many bytes at a time, so a huge image cannot exhaust memory."""
 
 _MEAN = torch.tensor(PIXEL_MEAN).view(3, 1, 1)
 _STD = torch.tensor(PIXEL_STD).view(3, 1, 1)

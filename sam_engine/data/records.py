@@ -66,6 +66,10 @@ def encode_masks(masks: np.ndarray) -> list[dict]:
     return _as_str_counts(encode_rles(masks))
 
 
+MASK_DECODE_BYTES = 256 * 2**20
+"""Full-resolution masks are decoded this many bytes at a time, so a huge image cannot exhaust memory."""
+
+
 def decode_masks(segmentations: list[Mapping], size: tuple[int, int] | None = None) -> np.ndarray:
     """Decode COCO RLEs (``counts`` str or bytes) in one pycocotools call.
 
