@@ -71,7 +71,8 @@ def fitted_thresholds(model, size: int) -> dict:
 def run(args, work: Path) -> dict:
     from sam_engine.amg import SamAutomaticMaskGenerator
     from sam_engine.data.synthetic.dataset import ensure_synthetic_dataset
-    from sam_engine.label.labeller import Labeller, LabelSummary, list_input_shards, model_id
+    from sam_engine.label.inputs import list_input_shards
+    from sam_engine.label.labeller import Labeller, LabelSummary, model_id
     from sam_engine.model import load_export
 
     torch.set_num_threads(args.threads)

@@ -31,7 +31,8 @@ from sam_engine.data.samples import Skipped
 from sam_engine.data.shards import MANIFEST, MANIFEST_FORMAT, read_manifest
 from sam_engine.data.synthetic.dataset import ensure_synthetic_dataset
 from sam_engine.label import run as label_command
-from sam_engine.label.labeller import Labeller, input_samples, list_input_shards, task_block
+from sam_engine.label.inputs import list_input_shards, task_block
+from sam_engine.label.labeller import Labeller, input_samples
 from sam_engine.metrics.proposals import ProposalQuality
 
 CONF = Path(__file__).resolve().parents[1] / "sam_engine" / "conf"

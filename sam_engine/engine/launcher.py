@@ -16,7 +16,7 @@ from typing import Protocol
 
 from omegaconf import DictConfig, OmegaConf
 
-from sam_engine.label.labeller import list_input_shards, verify_output
+from sam_engine.label.inputs import list_input_shards, verify_output
 from sam_engine.label.run import label
 from sam_engine.train.distributed import starts_processes
 from sam_engine.train.run import evaluate, train

@@ -34,7 +34,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from sam_engine.engine import jobs
 from sam_engine.engine.launcher import labelling_problem, save_train_config
-from sam_engine.label.labeller import list_input_shards
+from sam_engine.label.inputs import list_input_shards
 from sam_engine.train.distributed import OWNER_FILE
 from sam_engine.utils.atomic_files import write_json_atomic
 

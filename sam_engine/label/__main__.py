@@ -14,9 +14,12 @@ from __future__ import annotations
 from omegaconf import DictConfig
 
 from sam_engine.cli import run_command
+from sam_engine.label.inputs import verify
 
 
 def label(cfg: DictConfig) -> dict:
+    if cfg.get("verify") is True:  # reads manifests and summaries only: no torch, no model
+        return verify(cfg)
     from sam_engine.label.run import label as run  # torch and the model load once the config is composed
 
     return run(cfg)

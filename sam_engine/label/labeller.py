@@ -1,16 +1,15 @@
 """Pseudo-labelling: input shards (or an image folder) -> output shards of automatic SA-1B annotations.
 
-The unit of work is an *input shard*: a tar of a shard directory, or a group of ``images_per_shard``
-files of an image folder (in path order, named ``images-NNNNNN``). Input shard ``NAME`` becomes output
-shard ``NAME-000000.tar``, written whole or not at all (:class:`~sam_engine.data.shards.ShardWriter`:
+The unit of work is an *input shard* (:mod:`sam_engine.label.inputs`). Input shard ``NAME`` becomes
+output shard ``NAME-000000.tar``, written whole or not at all (:class:`~sam_engine.data.shards.ShardWriter`:
 temporary file, rename, manifest under a lock). So a task can be killed anywhere and rerun: finished
 output shards are skipped, a half-written one is deleted and redone, and no image is written twice.
 
 A SLURM array splits the input shards into ``num_tasks`` contiguous blocks; task ``task_index`` labels
-its block (:func:`task_block`). Each task writes ``<output>/summaries/task-NNNNNN.json`` after every
-shard: images, masks, skipped images and unreadable shards with their reasons, seconds, and the
-masks' quality against the input records' annotations when they have any
-(:class:`~sam_engine.metrics.proposals.ProposalQuality`).
+its block (:func:`~sam_engine.label.inputs.task_block`). Each task writes
+``<output>/summaries/task-NNNNNN.json`` after every shard: images, masks, skipped images and
+unreadable shards with their reasons, seconds, and the masks' quality against the input records'
+annotations when they have any (:class:`~sam_engine.metrics.proposals.ProposalQuality`).
 
 Images whose short side exceeds ``max_short_side`` are resized to it first, as SA-1B's images were
 (short side 1500): the output holds the resized image and masks of its size.
@@ -22,7 +21,6 @@ import copy
 import io
 import json
 import logging
-import os
 import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
@@ -34,10 +32,10 @@ from PIL import Image
 from sam_engine.amg import SamAutomaticMaskGenerator
 from sam_engine.data.images import ImageDecodeError, decode_image
 from sam_engine.data.importers.base import SkipSample, key_from_path, prepare_image, read_file
-from sam_engine.data.importers.folder import IMAGE_SUFFIXES
 from sam_engine.data.records import make_record
 from sam_engine.data.samples import Sample, Skipped, UnreadableShard, shard_samples
-from sam_engine.data.shards import MANIFEST, ShardWriter, list_shards, read_manifest, shard_name, shard_sample_counts
+from sam_engine.data.shards import MANIFEST, ShardWriter, read_manifest
+from sam_engine.label.inputs import SUMMARY_DIR, InputShard, images_in
 from sam_engine.metrics.proposals import ProposalQuality
 from sam_engine.model.build import EXPORT_WEIGHTS
 from sam_engine.utils.atomic_files import file_sha256, write_json_atomic
@@ -45,65 +43,6 @@ from sam_engine.utils.config_checks import is_int
 from sam_engine.utils.progress import Progress
 
 log = logging.getLogger(__name__)
-
-SUMMARY_DIR = "summaries"
-FOLDER_SHARD_PREFIX = "images"
-
-
-@dataclass(frozen=True)
-class InputShard:
-    """One unit of work: ``name`` (output prefix) and either a tar ``url`` or a list of image ``files``."""
-
-    name: str
-    url: str | None = None
-    files: tuple[Path, ...] = ()
-
-    @property
-    def output_name(self) -> str:
-        return shard_name(self.name, 0)
-
-
-def list_input_shards(source: str | Path, images_per_shard: int = 1000) -> list[InputShard]:
-    """The input shards of a shard directory / pattern / tar, or of a folder of images.
-
-    Raises:
-        FileNotFoundError / ValueError: naming the input.
-    """
-    path = Path(source)
-    if path.is_dir() and not (path / MANIFEST).exists():
-        files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
-        if not files:
-            raise FileNotFoundError(f"{source}: no shard manifest and no image ({', '.join(IMAGE_SUFFIXES)})")
-        groups = range(0, len(files), images_per_shard)
-        return [InputShard(shard_name(FOLDER_SHARD_PREFIX, i)[:-4], files=tuple(files[start:start + images_per_shard]))
-                for i, start in enumerate(groups)]
-    shards = []
-    for url in list_shards(str(source)):
-        name = os.path.basename(url)
-        shards.append(InputShard(name[:-4] if name.endswith(".tar") else name, url=url))
-    names = [s.name for s in shards]
-    if len(set(names)) != len(names):
-        raise ValueError(f"{source}: two input shards share a name; output shard names derive from them")
-    return shards
-
-
-def images_in(shards: list[InputShard]) -> int | None:
-    """How many images ``shards`` hold, from their manifests (or tar headers, or file lists); None for remote
-    shards without a manifest."""
-    try:
-        counts = shard_sample_counts([s.url for s in shards if s.url is not None])
-    except ValueError:
-        return None
-    return sum(counts) + sum(len(s.files) for s in shards if s.url is None)
-
-
-def task_block(shards: list, task_index: int, num_tasks: int) -> list:
-    """Task ``task_index`` of ``num_tasks``'s contiguous block of ``shards`` (sizes differ by at most one)."""
-    if num_tasks < 1 or not 0 <= task_index < num_tasks:
-        raise ValueError(f"task_index must be in [0, num_tasks), got task_index={task_index}, num_tasks={num_tasks}")
-    bounds = np.linspace(0, len(shards), num_tasks + 1).round().astype(int)
-    return shards[bounds[task_index] : bounds[task_index + 1]]
-
 
 def input_samples(shard: InputShard, root: Path | None = None) -> Iterator[Sample | Skipped]:
     """The samples of an input shard; a bad image or record comes as :class:`Skipped` instead.
@@ -296,27 +235,3 @@ class Labeller:
     def _skip(sample: Sample, reason: str, summary: LabelSummary) -> None:
         log.warning("skipped %s: %s", sample.source, reason)
         summary.skipped_images.append({"source": sample.source, "reason": reason})
-
-
-def verify_output(shards: list[InputShard], output: str | Path) -> dict:
-    """Whether every input shard has its output shard, and what the tasks' summaries add up to.
-
-    Returns:
-        ``{"input_shards", "done", "missing": [names], "images", "masks", "duplicate_keys",
-        "skipped_images", "unreadable_shards"}``.
-    """
-    output = Path(output)
-    listed = read_manifest(output)["shards"] if (output / MANIFEST).exists() else {}
-    missing = [s.name for s in shards if s.output_name not in listed]
-    keys = [key for entry in listed.values() for key in entry["keys"]]
-    summaries = [json.loads(p.read_text()) for p in sorted((output / SUMMARY_DIR).glob("task-*.json"))]
-    return {
-        "input_shards": len(shards),
-        "done": len(shards) - len(missing),
-        "missing": missing,
-        "images": len(keys),
-        "masks": sum(entry["annotations"] for entry in listed.values()),
-        "duplicate_keys": len(keys) - len(set(keys)),
-        "skipped_images": sum(len(s["skipped_images"]) for s in summaries),
-        "unreadable_shards": sorted({u["shard"] for s in summaries for u in s["unreadable_shards"]}),
-    }

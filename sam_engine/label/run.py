@@ -9,25 +9,15 @@ from __future__ import annotations
 import json
 import logging
 import os
-import sys
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
 from sam_engine.amg import SamAutomaticMaskGenerator
-from sam_engine.label.labeller import (
-    Labeller,
-    LabelSummary,
-    list_input_shards,
-    model_id,
-    task_block,
-    verify_output,
-    write_task_summary,
-)
+from sam_engine.label.inputs import check_label_config, list_input_shards, task_block, verify
+from sam_engine.label.labeller import Labeller, LabelSummary, model_id, write_task_summary
 from sam_engine.model import load_model
-from sam_engine.utils.config_checks import check_values
 from sam_engine.utils.device import pick_device
-from sam_engine.utils.paths import check_output_is_not_input
 
 log = logging.getLogger(__name__)
 
@@ -43,15 +33,10 @@ def array_task(task_index: int | None, num_tasks: int | None) -> tuple[int, int]
 
 def label(cfg: DictConfig) -> dict:
     """Label the input as ``cfg`` (the ``label`` config) says; returns the task's summary."""
-    check_values(cfg, integers={"images_per_shard": 1}, booleans=("progress", "verify"))
-    check_output_is_not_input(cfg.input, cfg.output)
-    shards = list_input_shards(cfg.input, cfg.images_per_shard)
     if cfg.verify:
-        report = verify_output(shards, cfg.output)
-        print(json.dumps(report, indent=1))
-        if report["missing"] or report["duplicate_keys"]:
-            sys.exit(1)
-        return report
+        return verify(cfg)
+    check_label_config(cfg)
+    shards = list_input_shards(cfg.input, cfg.images_per_shard)
     model = load_model(cfg.checkpoint, cfg.get("model")).to(pick_device(cfg.device)).eval()
     task_index, num_tasks = array_task(cfg.task_index, cfg.num_tasks)
     mine = task_block(shards, task_index, num_tasks)
