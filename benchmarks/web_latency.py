@@ -37,9 +37,10 @@ from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
 
 from sam_engine.annotate.session import pool_samples  # noqa: E402
 from sam_engine.annotate.web.masks import mask_to_png, png_to_mask  # noqa: E402
+from sam_engine.annotate.web.options import ServeOptions  # noqa: E402
 from sam_engine.annotate.web.round import WebRound  # noqa: E402
 from sam_engine.annotate.web.segmenter import Segmenter  # noqa: E402
-from sam_engine.annotate.web.server import ServeOptions, serve  # noqa: E402
+from sam_engine.annotate.web.server import serve  # noqa: E402
 from sam_engine.data.images import decode_image  # noqa: E402
 from sam_engine.data.synthetic.dataset import ensure_synthetic_dataset  # noqa: E402
 from sam_engine.model import build_sam, load_model  # noqa: E402

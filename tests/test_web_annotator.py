@@ -15,9 +15,10 @@ from web_helpers import DISKS, SIDE, disk_mask, disk_pool, post
 from sam_engine.amg import SamAutomaticMaskGenerator
 from sam_engine.annotate.session import pool_samples
 from sam_engine.annotate.web.masks import mask_to_png, png_to_mask
+from sam_engine.annotate.web.options import ServeOptions
 from sam_engine.annotate.web.round import RoundConflict, UnknownImage, WebRound
 from sam_engine.annotate.web.segmenter import Segmenter
-from sam_engine.annotate.web.server import ServeOptions, serve
+from sam_engine.annotate.web.server import serve
 from sam_engine.data.samples import Sample
 from sam_engine.model import build_sam
 

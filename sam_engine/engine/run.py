@@ -46,9 +46,10 @@ from sam_engine.annotate.session import (
     round_statistics,
 )
 from sam_engine.annotate.simulated import SimulatedAnnotator
+from sam_engine.annotate.web.options import ServeOptions
 from sam_engine.annotate.web.round import WebRound
 from sam_engine.annotate.web.segmenter import Segmenter
-from sam_engine.annotate.web.server import ServeOptions, serve
+from sam_engine.annotate.web.server import serve
 from sam_engine.data.images import decode_image
 from sam_engine.data.importers.folder import import_folder
 from sam_engine.data.records import decode_masks, make_record

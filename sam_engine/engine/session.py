@@ -7,7 +7,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from sam_engine.annotate.web.server import ServeOptions
+from sam_engine.annotate.web.options import ServeOptions
 from sam_engine.engine.dashboard import NullDashboard, WandbDashboard, write_engine_summary
 from sam_engine.engine.run import ENGINE_GROUPS, DataEngine, engine_group
 from sam_engine.engine.steps import EnginePaused, Steps, record_run_config

@@ -11,8 +11,9 @@ from __future__ import annotations
 
 from omegaconf import DictConfig
 
+from sam_engine.annotate.web.options import ServeOptions
 from sam_engine.cli import run_command
-from sam_engine.utils.config_checks import check_values
+from sam_engine.utils.config_checks import check_values, typed_config
 from sam_engine.utils.paths import check_output_is_not_input
 
 
@@ -23,6 +24,7 @@ def annotate(cfg: DictConfig) -> dict:
         raise ValueError(f"stage={cfg.stage.number}: people annotate in stage 1 or 2 (stage 3's masks come from "
                          "sam-label)")
     check_output_is_not_input(cfg.pool, cfg.out_dir, input_key="pool", output_key="out_dir")
+    typed_config(ServeOptions, cfg.serve, "serve").check()
     from sam_engine.annotate.web.run import annotate as run  # torch, the model, the server: not for --help
 
     return run(cfg)

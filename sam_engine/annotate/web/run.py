@@ -9,9 +9,10 @@ from omegaconf import DictConfig, OmegaConf
 
 from sam_engine.amg import SamAutomaticMaskGenerator
 from sam_engine.annotate.session import pool_samples
+from sam_engine.annotate.web.options import ServeOptions
 from sam_engine.annotate.web.round import WebRound
 from sam_engine.annotate.web.segmenter import Segmenter
-from sam_engine.annotate.web.server import ServeOptions, serve
+from sam_engine.annotate.web.server import serve
 from sam_engine.label.labeller import model_id
 from sam_engine.model import load_model
 from sam_engine.utils.config_checks import typed_config
