@@ -56,16 +56,27 @@ def test_help(tmp_path, command):
     assert list(tmp_path.iterdir()) == [], "--help wrote files"
 
 
-@pytest.mark.parametrize("module", ["sam_engine.train", "sam_engine.label", "sam_engine.engine", "sam_engine.predict",
-                                    "sam_engine.annotate.web", "sam_engine.onnx_export"])
-def test_help_of_a_model_command_loads_no_torch(tmp_path, module):
-    """--help answers in a second: the work (torch, Lightning, the model) is imported only once there is some."""
-    probe = (f"import runpy, sys; sys.argv = [{module!r}, '--help']\n"
-             f"try:\n    runpy.run_module({module!r}, run_name='__main__')\n"
+MODEL_COMMANDS = ["sam_engine.train", "sam_engine.label", "sam_engine.engine", "sam_engine.predict",
+                  "sam_engine.annotate.web", "sam_engine.onnx_export"]
+
+
+@pytest.mark.parametrize(("argv", "answer"), [
+    *(([module, "--help"], "usage:") for module in MODEL_COMMANDS),
+    (["sam_engine.data.synthetic", "--help"], "usage:"), (["sam_engine.data.importers", "coco", "--help"], "usage:"),
+    (["sam_engine.label", "input={val}", "output={tmp}/labelled", "verify=true"], '"missing": [\n  "synthetic-000000"'),
+    (["sam_engine.annotate.web", "pool=p", "checkpoint=c", "out_dir=o", "serve.host=0.0.0.0"], "not a loopback"),
+])
+def test_help_and_checks_that_need_no_model_load_no_torch(tmp_path, synthetic_shards, argv, answer):
+    """--help, config errors and reading shard manifests answer in a second: the work (torch, Lightning, the
+    model) is imported only once there is some."""
+    argv = [arg.format(val=synthetic_shards["val"], tmp=tmp_path) for arg in argv]
+    probe = (f"import runpy, sys; sys.argv = {argv!r}\n"
+             f"try:\n    runpy.run_module({argv[0]!r}, run_name='__main__')\n"
              "except SystemExit:\n    pass\nprint('torch' in sys.modules)")
     result = subprocess.run([sys.executable, "-c", probe], cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
-    assert result.stdout.splitlines()[-1] == "False", result.stdout[-500:]
+    assert answer in result.stdout + result.stderr, result.stdout[-1500:] + result.stderr[-1500:]
+    assert result.stdout.splitlines()[-1] == "False", result.stdout[-500:] + result.stderr[-1500:]
 
 
 def test_every_console_script_has_its_help_tested():
