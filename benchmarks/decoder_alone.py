@@ -33,7 +33,8 @@ from official_quality import embedded_scene_spec
 from sam_engine.data.synthetic.scenes import generate_scene
 from sam_engine.model import build_sam
 from sam_engine.model.sam import Sam
-from sam_engine.train.interactive import SimulationConfig, simulate_training
+from sam_engine.train.interactive import simulate_training
+from sam_engine.train.settings import SimulationConfig
 
 STARTS = ("as_built", "zero_hypernetwork", "sharper_attention", "position_embedding")
 

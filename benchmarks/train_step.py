@@ -18,8 +18,9 @@ from timing import median_seconds
 
 from sam_engine.data.synthetic.scenes import SceneSpec, generate_scene
 from sam_engine.model import build_sam
-from sam_engine.train.interactive import SimulationConfig, simulate_training
+from sam_engine.train.interactive import simulate_training
 from sam_engine.train.prompts import mask_boxes, noisy_boxes, sample_error_clicks, sample_points_in_masks
+from sam_engine.train.settings import SimulationConfig
 
 
 def synthetic_batch(size: int, num_images: int, num_masks: int, device: torch.device):

@@ -65,6 +65,7 @@ MODEL_COMMANDS = ["sam_engine.train", "sam_engine.label", "sam_engine.engine", "
     (["sam_engine.data.synthetic", "--help"], "usage:"), (["sam_engine.data.importers", "coco", "--help"], "usage:"),
     (["sam_engine.label", "input={val}", "output={tmp}/labelled", "verify=true"], '"missing": [\n  "synthetic-000000"'),
     (["sam_engine.annotate.web", "pool=p", "checkpoint=c", "out_dir=o", "serve.host=0.0.0.0"], "not a loopback"),
+    (["sam_engine.train", "stage.max_steps=abc", "engine_dir={tmp}"], "stage.max_steps='abc': expected an integer"),
 ])
 def test_help_and_checks_that_need_no_model_load_no_torch(tmp_path, synthetic_shards, argv, answer):
     """--help, config errors and reading shard manifests answer in a second: the work (torch, Lightning, the

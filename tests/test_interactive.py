@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from sam_engine.model import build_sam
-from sam_engine.train.interactive import SimulationConfig, simulate_training
+from sam_engine.train.interactive import simulate_training
+from sam_engine.train.settings import SimulationConfig
 
 
 @pytest.fixture(scope="module")

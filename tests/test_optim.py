@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from sam_engine.model import build_sam
-from sam_engine.train.optim import OptimConfig, build_optimizer, lr_factor, param_groups
+from sam_engine.train.optim import build_optimizer, lr_factor, param_groups
+from sam_engine.train.settings import OptimConfig
 
 
 @pytest.fixture(scope="module")

@@ -19,8 +19,8 @@ from sam_engine.data.datamodule import SamDataModule
 from sam_engine.model import build_sam, load_export
 from sam_engine.train.module import InteractiveSamModule, NonFiniteLossError
 from sam_engine.train.progress import ProgressLines, progress_callbacks
-from sam_engine.train.run import check_train_config
 from sam_engine.train.run import train as run_training
+from sam_engine.train.settings import check_train_config
 from sam_engine.utils.progress import describe_progress
 
 CONF = Path(__file__).resolve().parents[1] / "sam_engine" / "conf"

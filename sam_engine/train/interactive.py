@@ -24,7 +24,6 @@ at the centre of the largest error region (RITM/SAM protocol), up to ``max_click
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import NamedTuple
 
 import torch
@@ -45,36 +44,7 @@ from sam_engine.train.prompts import (
     sample_error_clicks,
     sample_points_in_masks,
 )
-
-LOSS_RESOLUTIONS = ("low_res", "input")
-
-
-@dataclass(frozen=True)
-class SimulationConfig:
-    """How training simulates an annotator; defaults are the SAM paper's.
-
-    ``loss_resolution``: ``"low_res"`` supervises the decoder's 4h x 4w logits against the truth
-    area-downsampled to that grid (cheap); ``"input"`` up-samples the logits to the S x S input frame
-    first (as SAM 2's trainer; 16x the pixels). Clicks are always drawn in the S x S frame, against the
-    full-resolution truth and the up-sampled prediction, as an annotator would click.
-    """
-
-    num_click_rounds: int = 8  # 0: the initial prompt only, one decoder pass
-    box_probability: float = 0.5
-    mask_prompt_probability: float = 0.0
-    box_noise_fraction: float = 0.1
-    box_noise_max: float = 20.0
-    loss_resolution: str = "low_res"
-    focal_weight: float = 20.0
-    dice_weight: float = 1.0
-    iou_weight: float = 1.0
-
-    def __post_init__(self) -> None:
-        if self.loss_resolution not in LOSS_RESOLUTIONS:
-            raise ValueError(f"loss_resolution must be one of {LOSS_RESOLUTIONS}, got {self.loss_resolution!r}")
-        for name in ("box_probability", "mask_prompt_probability"):
-            if not 0.0 <= getattr(self, name) <= 1.0:
-                raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
+from sam_engine.train.settings import SimulationConfig
 
 
 class Decoded(NamedTuple):

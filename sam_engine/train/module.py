@@ -35,8 +35,9 @@ from sam_engine.data.loader import Batch
 from sam_engine.metrics.interactive import clicks_to_reach
 from sam_engine.metrics.interval import ImageMeanInterval
 from sam_engine.model import Sam
-from sam_engine.train.interactive import SimulationConfig, TrainingLoss, evaluate_interactive, simulate_training
-from sam_engine.train.optim import OptimConfig, build_optimizer
+from sam_engine.train.interactive import TrainingLoss, evaluate_interactive, simulate_training
+from sam_engine.train.optim import build_optimizer
+from sam_engine.train.settings import OptimConfig, SimulationConfig
 
 log = logging.getLogger(__name__)
 

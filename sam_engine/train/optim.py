@@ -8,29 +8,15 @@ layer-wise decay 0.8, lr divided by 10 at 60k and 86,666 of 90k steps.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 from sam_engine.model import Sam
+from sam_engine.train.settings import OptimConfig
 
 NO_WEIGHT_DECAY = ("pos_embed", "rel_pos", "point_embeddings", "not_a_point_embed", "no_mask_embed",
                    "iou_token", "mask_tokens")
-
-
-@dataclass(frozen=True)
-class OptimConfig:
-    """Optimiser and schedule settings; defaults are the SAM paper's."""
-
-    lr: float = 8e-4
-    weight_decay: float = 0.1
-    betas: tuple[float, float] = (0.9, 0.999)
-    warmup_steps: int = 250
-    milestones: tuple[int, ...] = (60000, 86666)
-    gamma: float = 0.1
-    layer_decay: float = 0.8
-    freeze_image_encoder: bool = False
 
 
 def encoder_layer_id(name: str, depth: int) -> int:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import math
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -31,13 +30,12 @@ from sam_engine.train.distributed import (
     other_ranks_killed_on_failure,
     uses_slurm,
 )
-from sam_engine.train.interactive import SimulationConfig
 from sam_engine.train.module import InteractiveSamModule
-from sam_engine.train.optim import OptimConfig
 from sam_engine.train.progress import progress_callbacks
 from sam_engine.train.requeue import JobRequeued, RequeueOnSignal
+from sam_engine.train.settings import OptimConfig, SimulationConfig, check_train_config
 from sam_engine.train.snapshots import ExportSnapshots, export_trained
-from sam_engine.utils.config_checks import check_values, typed_config
+from sam_engine.utils.config_checks import typed_config
 
 log = logging.getLogger(__name__)
 
@@ -73,26 +71,6 @@ def training_sources(cfg: DictConfig) -> list[str]:
     if not sources:
         raise ValueError(f"stage {cfg.stage.name}: nothing to train on (use_seed_data is false, no collected shards)")
     return sources
-
-
-TRAIN_VALUES = {  # check_values' arguments for the train config's own keys (the dataclasses check theirs)
-    "integers": {"seed": 0, "stage.max_steps": 0, "prompt_warmup_steps": 0, "checkpoint_every_n_steps": 1,
-                 "eval.max_clicks": 1, "data.batch_size": 1, "data.val_batch_size": 1, "data.num_workers": 0,
-                 "data.steps_per_epoch": 1, "data.max_masks_per_image": 0, "data.min_image_side": 1,
-                 "data.shuffle_buffer": 0, "data.min_seen": 1},
-    "numbers": {"gradient_clip_norm": (0.0, math.inf), "drop_path_rate": (0.0, 1.0), "eval.noc_threshold": (0.0, 1.0),
-                "snapshot_every_minutes": (0.0, math.inf), "data.max_mask_fraction": (0.0, 1.0),
-                "data.max_bad_fraction": (0.0, 1.0)},
-    "booleans": ("validate_before_training", "grad_checkpointing", "data.pin_memory"),
-    "nullable": ("gradient_clip_norm", "snapshot_every_minutes", "data.val_batch_size"),
-}
-
-
-def check_train_config(cfg: DictConfig) -> None:
-    """Refuse a value of the wrong type or range (``stage.max_steps=abc``) before any work, naming its key."""
-    check_values(cfg, **TRAIN_VALUES)
-    typed_config(SimulationConfig, cfg.simulation, "simulation")
-    typed_config(OptimConfig, cfg.optim, "optim")
 
 
 def build_module(cfg: DictConfig, model: Sam) -> InteractiveSamModule:

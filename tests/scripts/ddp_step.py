@@ -16,9 +16,8 @@ from torch.utils.data import DataLoader
 
 from sam_engine.data.loader import make_dataset
 from sam_engine.model import build_sam
-from sam_engine.train.interactive import SimulationConfig
 from sam_engine.train.module import InteractiveSamModule
-from sam_engine.train.optim import OptimConfig
+from sam_engine.train.settings import OptimConfig, SimulationConfig
 
 
 class GradientProbe(pl.Callback):
