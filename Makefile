@@ -31,8 +31,9 @@ browser:
 demo: install
 	$(BIN)/python -m sam_engine.engine
 
+# The 30 slowest tests are listed at the end: where the suite's time goes (its budget: 20 minutes on 2 cores).
 test: install browser
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --durations=30
 
 lint: install
 	$(BIN)/ruff check sam_engine tests benchmarks
