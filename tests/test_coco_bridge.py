@@ -228,6 +228,8 @@ def test_the_coco_importer_takes_every_mask_of_our_exports_as_an_object(pool, tm
     [("export", "out_dir=5", "out_dir=5: expected text"),
      ("export", "sources=[auto,3]", "sources=['auto', 3]: expected null, a provenance"),
      ("export", "image_prefix=1.5", "image_prefix=1.5: expected text"),
+     ("export", "layout=ls", "layout='ls': expected one of coco, cvat, label_studio"),
+     ("export", "layout=label_studio segmentation=polygons", "layout=label_studio writes brush masks"),
      ("import", "prefix=123", "prefix=123: expected text"),
      ("import", "stage.number=abc", "stage.number='abc': expected an integer >= 1"),
      ("import", "out_dir={tmp}", "out_dir={tmp} is the folder of pool={tmp}")],
@@ -236,32 +238,30 @@ def test_the_annotate_commands_refuse_wrong_types_naming_the_key(tmp_path, comma
     """Also (last case) corrections written into the pool's own directory, beside the images they correct."""
     paths = {"export": ["shards=s", "out_dir=o"], "import": ["input=i.json", f"pool={tmp_path}", "out_dir=o"]}[command]
     with initialize_config_dir(config_dir=str(CONF), version_base=None):
-        cfg = compose(f"annotate_{command}", overrides=[*paths, override.format(tmp=tmp_path)])
+        cfg = compose(f"annotate_{command}", overrides=[*paths, *override.format(tmp=tmp_path).split()])
     with pytest.raises(ValueError, match=re.escape(message.format(tmp=tmp_path))):
         annotate_command.COMMANDS[command][0](cfg)
 
 
 def test_the_export_command_writes_ground_truth_and_refuses_a_bad_flag(pool, tmp_path):
-    command = [sys.executable, "-m", "sam_engine.annotate", "export", f"shards={pool['dir']}",
-               f"out_dir={tmp_path / 'gt'}"]
+    paths = [f"shards={pool['dir']}", f"out_dir={tmp_path / 'gt'}"]
+    command = [sys.executable, "-m", "sam_engine.annotate", "export", *paths]
     done = subprocess.run([*command, "evaluation=true", "sources=manual"], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     dataset = json.loads((tmp_path / "gt" / "annotations.json").read_text())
     assert {(a["iscrowd"], a["source"]) for a in dataset["annotations"]} == {(0, "manual")}
     refused = subprocess.run([*command, "evaluation=yes"], capture_output=True, text=True, timeout=120)
     assert refused.returncode != 0 and "evaluation='yes': expected true or false" in refused.stderr
-    refused = subprocess.run([*command, "layout=ls"], capture_output=True, text=True, timeout=120)
-    assert refused.returncode != 0 and "layout='ls': expected one of coco, cvat, label_studio" in refused.stderr
-    done = subprocess.run([*command, "segmentation=polygons"], capture_output=True, text=True, timeout=120)
-    assert done.returncode == 0, done.stderr
+
+    def export(*overrides: str) -> None:  # the command's own function, in this process
+        with initialize_config_dir(config_dir=str(CONF), version_base=None):
+            annotate_command.export(compose("annotate_export", overrides=[*paths, *overrides]))
+
+    export("segmentation=polygons")
     dataset = json.loads((tmp_path / "gt" / "annotations.json").read_text())
     assert dataset["info"]["sam_engine_export"]["segmentation"] == "polygons"
     assert {type(a["segmentation"]) for a in dataset["annotations"]} == {list}
-    refused = subprocess.run([*command, "layout=label_studio", "segmentation=polygons"], capture_output=True,
-                             text=True, timeout=120)
-    assert refused.returncode != 0 and "layout=label_studio writes brush masks" in refused.stderr
-    done = subprocess.run([*command, "layout=label_studio"], capture_output=True, text=True, timeout=120)
-    assert done.returncode == 0, done.stderr
+    export("layout=label_studio")
     assert len(json.loads((tmp_path / "gt" / "tasks.json").read_text())) == len(SCENES)
 
 
