@@ -30,6 +30,22 @@ def shards(synthetic_shards):
 
 
 @pytest.fixture(scope="session")
+def model_pairs():
+    """``model_pairs(variant)``: ``model_helpers.model_pair(variant)`` (ours and the official model on the same
+    random weights), built once per session for the tests that only read them (a ViT-B pair takes seconds)."""
+    from model_helpers import model_pair
+
+    pairs = {}
+
+    def pair(variant: str):
+        if variant not in pairs:
+            pairs[variant] = model_pair(variant)
+        return pairs[variant]
+
+    return pair
+
+
+@pytest.fixture(scope="session")
 def disk_models():
     """The tiny model trained to answer clicks with disks (model_helpers.train_disk_models), after 100 and 200
     steps of one run (~25 s): {100: model, 200: model}."""

@@ -32,8 +32,8 @@ PROMPTS = {
 
 
 @pytest.fixture(scope="module", params=["tiny", pytest.param("vit_b", marks=pytest.mark.slow)])
-def predictors(request):
-    ours, official = model_pair(request.param)
+def predictors(request, model_pairs):
+    ours, official = model_pairs(request.param)
     image = photograph()
     ours_predictor, official_predictor = SamPredictor(ours), OfficialPredictor(official)
     ours_predictor.set_image(image)
