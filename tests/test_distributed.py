@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -25,11 +26,18 @@ SCRIPTS = Path(__file__).parent / "scripts"
 
 
 def step_result(devices: int, shard_dir: str, out: Path) -> dict:
-    result = subprocess.run(
-        [sys.executable, str(SCRIPTS / "ddp_step.py"), str(devices), shard_dir, str(out)],
-        capture_output=True, text=True, timeout=300,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
+    """scripts/ddp_step.py's result: one process runs here, more as a command (Lightning starts the others)."""
+    if devices == 1:
+        spec = importlib.util.spec_from_file_location("ddp_step", SCRIPTS / "ddp_step.py")
+        script = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(script)
+        script.main(1, shard_dir, str(out))
+    else:
+        result = subprocess.run(
+            [sys.executable, str(SCRIPTS / "ddp_step.py"), str(devices), shard_dir, str(out)],
+            capture_output=True, text=True, timeout=300,
+        )
+        assert result.returncode == 0, result.stderr[-3000:]
     return json.loads(out.read_text())
 
 
