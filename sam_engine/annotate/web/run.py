@@ -23,8 +23,7 @@ def annotate(cfg: DictConfig) -> dict:
     """Serve one round (the ``annotate_web`` config, its values checked by ``__main__``) until it is published
     or stopped; returns its progress."""
     stage = cfg.stage.number
-    options = typed_config(ServeOptions, cfg.serve, "serve")
-    options.check()
+    options = typed_config(ServeOptions, cfg.serve, "serve")  # checked by ``__main__``, and again by ``serve``
     samples = list(itertools.islice(pool_samples(cfg.pool), cfg.start, cfg.start + cfg.images))
     if not samples:
         raise ValueError(f"pool={cfg.pool}: no readable image from start={cfg.start}")
