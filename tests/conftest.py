@@ -1,5 +1,6 @@
 """Shared fixtures. Model helpers live in tests/model_helpers.py."""
 
+import functools
 import os
 from pathlib import Path
 
@@ -35,14 +36,7 @@ def model_pairs():
     random weights), built once per session for the tests that only read them (a ViT-B pair takes seconds)."""
     from model_helpers import model_pair
 
-    pairs = {}
-
-    def pair(variant: str):
-        if variant not in pairs:
-            pairs[variant] = model_pair(variant)
-        return pairs[variant]
-
-    return pair
+    return functools.cache(model_pair)
 
 
 @pytest.fixture(scope="session")
