@@ -12,6 +12,7 @@ import numpy as np
 from browser import at_image_pixel, chromium, wait_for
 from pycocotools import mask as mask_utils
 from selenium.webdriver.common.action_chains import ActionChains
+from selenium.webdriver.common.by import By
 from selenium.webdriver.common.keys import Keys
 from web_helpers import DISKS, SIDE, disk_mask, disk_pool
 
@@ -85,8 +86,12 @@ def test_a_person_clicks_accepts_and_moves_on_and_the_shard_holds_the_masks(tmp_
         drag(driver, (10, 10), (30, 10))
         ActionChains(driver).send_keys(Keys.ENTER).perform()
         wait_for(driver, "accepted", "1")
+        # The last image publishes the round and the server stops at once: the page says so without asking
+        # again, however slow its network (here every request answered after 1 s, the server long gone).
+        driver.set_network_conditions(latency=1000, download_throughput=2**20, upload_throughput=2**20)
         ActionChains(driver).send_keys(" ").perform()
         wait_for(driver, "phase", "finished")
+        assert "round finished" in driver.find_element(By.ID, "status").text
         elapsed = time.monotonic() - started
         latencies = driver.execute_script("return window.samEngine.latencies")
         assert command.wait(timeout=30) == 0  # the round was published: the command ends by itself

@@ -252,7 +252,9 @@ async function nextImage() {
   try {
     if (state.image) {
       const rejected = state.prefilled.filter((p) => p.rejected).map((p) => p.id);
-      await api("finish", { key: state.image.key, rejected });
+      const progress = await api("finish", { key: state.image.key, rejected });
+      // The last image publishes the round and the server stops: no further request would be answered.
+      if (progress.published) return finished(progress);
     }
     await load();
   } catch (error) {
@@ -263,14 +265,7 @@ async function nextImage() {
 async function load() {
   setPhase("loading");
   const { image, progress } = await api("next", {});
-  if (!image) {
-    state.image = null;
-    showProgress(progress, null);
-    say(progress.published ? "round finished: every image is annotated, thank you" :
-      "no image left for you now: the others are being annotated");
-    setPhase("finished");
-    return;
-  }
+  if (!image) return finished(progress);
   state.image = { key: image.key, width: image.width, height: image.height, stage: image.stage };
   state.image.bitmap = await imageBitmap(image.key);
   state.prefilled = await Promise.all(image.prefilled.map(async (p) => {
@@ -287,6 +282,14 @@ async function load() {
   render();
   renderCandidates();
   setPhase("ready");
+}
+
+function finished(progress) {
+  state.image = null;
+  showProgress(progress, null);
+  say(progress.published ? "round finished: every image is annotated, thank you" :
+    "no image left for you now: the others are being annotated");
+  setPhase("finished");
 }
 
 function showProgress(progress, stage) {
