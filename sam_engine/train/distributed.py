@@ -70,13 +70,15 @@ def other_ranks_killed_on_failure(trainer: Trainer) -> Iterator[None]:
     """On the rank that started the others as subprocesses (``trainer=ddp|fsdp`` on one node), kill them when
     this rank fails. Lightning leaves them running: a rank waiting for data, or for a collective that can no
     longer complete, would hold its devices until killed by hand (under SLURM, ``srun`` ends a failed step's
-    other tasks)."""
+    other tasks). The failure is logged first: Lightning's watcher thread kills this process as soon as it sees
+    a rank killed, possibly before the error reaches the console."""
     try:
         yield
-    except BaseException:
+    except BaseException as exc:
         launcher = trainer.strategy.launcher
         if isinstance(launcher, _SubprocessScriptLauncher) and launcher.procs:
-            log.error("this rank failed: killing the %d ranks it started", len(launcher.procs))
+            log.error("this rank failed (%s: %s): killing the %d ranks it started", type(exc).__name__, exc,
+                      len(launcher.procs))
             for proc in launcher.procs:  # with their loader workers and shard pipes, which would outlive them
                 for pid in [proc.pid, *_descendants(proc.pid)]:
                     with contextlib.suppress(ProcessLookupError):
