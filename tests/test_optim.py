@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+import torch
 
 from sam_engine.model import build_sam
 from sam_engine.train.optim import build_optimizer, lr_factor, param_groups
@@ -55,6 +56,27 @@ def test_scheduler_drives_every_group(model):
         assert factors == pytest.approx([expected] * len(factors))
     assert optimizer.defaults["betas"] == (0.9, 0.999)
 
+
+
+def test_the_fused_update_takes_adamws_steps():
+    """On the CPU the update is PyTorch's fused AdamW, and it moves every weight as the per-tensor one does."""
+    config = OptimConfig(lr=1e-2, warmup_steps=0, milestones=(), layer_decay=0.5)
+    fused_model, reference_model = build_sam("tiny"), build_sam("tiny")
+    reference_model.load_state_dict(fused_model.state_dict())
+    start = fused_model.mask_decoder.iou_token.weight.detach().clone()
+    optimizer, _ = build_optimizer(fused_model, config)
+    reference = torch.optim.AdamW(param_groups(reference_model, config), lr=config.lr, foreach=False)
+    assert optimizer.defaults["fused"] and not reference.defaults["fused"]
+    generator = torch.Generator().manual_seed(0)
+    for _ in range(3):
+        for a, b in zip(fused_model.parameters(), reference_model.parameters(), strict=True):
+            a.grad = torch.randn(a.shape, generator=generator)
+            b.grad = a.grad.clone()
+        optimizer.step()
+        reference.step()
+    for (name, a), b in zip(fused_model.named_parameters(), reference_model.parameters(), strict=True):
+        assert torch.allclose(a, b, atol=1e-6), name
+    assert not torch.equal(fused_model.mask_decoder.iou_token.weight, start)  # the steps moved the weights
 
 def test_freeze_image_encoder():
     frozen = build_sam("tiny")
