@@ -63,6 +63,8 @@ MODEL_COMMANDS = ["sam_engine.train", "sam_engine.label", "sam_engine.engine", "
 @pytest.mark.parametrize(("argv", "answer"), [
     *(([module, "--help"], "usage:") for module in MODEL_COMMANDS),
     (["sam_engine.data.synthetic", "--help"], "usage:"), (["sam_engine.data.importers", "coco", "--help"], "usage:"),
+    (["sam_engine.data.stats", "--help"], "usage:"), (["sam_engine.data.stats", "max_images=0"], "max_images=0"),
+    (["sam_engine.annotate", "export", "--help"], "usage:"), (["sam_engine.annotate", "import", "--help"], "usage:"),
     (["sam_engine.label", "input={val}", "output={tmp}/labelled", "verify=true"], '"missing": [\n  "synthetic-000000"'),
     (["sam_engine.annotate.web", "pool=p", "checkpoint=c", "out_dir=o", "serve.host=0.0.0.0"], "not a loopback"),
     (["sam_engine.train", "stage.max_steps=abc", "engine_dir={tmp}"], "stage.max_steps='abc': expected an integer"),

@@ -20,13 +20,10 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from sam_engine.annotate.coco_bridge import LAYOUTS, export_coco, import_coco_corrections
-from sam_engine.annotate.label_studio import export_label_studio, import_label_studio
 from sam_engine.cli import run_subcommand
 from sam_engine.utils.config_checks import check_values
 from sam_engine.utils.paths import check_output_is_not_input
 
-EXPORT_LAYOUTS = (*LAYOUTS, "label_studio")
 USAGE = """usage: sam-annotate {export,import} key=value ...   (or python -m sam_engine.annotate ...)
 
 export: shards -> COCO, CVAT (COCO 1.0 zip) or Label Studio files for people to correct, or COCO ground truth.
@@ -35,10 +32,18 @@ import: people's corrections (COCO JSON, CVAT zip, Label Studio JSON) -> shards 
 """
 
 
+# The readers and writers import webdataset (and with it torch): each command imports them once it has work,
+# so that --help answers at once.
+
+
 def export(cfg: DictConfig) -> None:
+    from sam_engine.annotate.coco_bridge import LAYOUTS, export_coco
+    from sam_engine.annotate.label_studio import export_label_studio
+
     check_values(cfg, booleans=("evaluation",), strings=("out_dir", "layout", "image_prefix", "segmentation"))
-    if cfg.layout not in EXPORT_LAYOUTS:
-        raise ValueError(f"layout={cfg.layout!r}: expected one of {', '.join(EXPORT_LAYOUTS)}")
+    layouts = (*LAYOUTS, "label_studio")
+    if cfg.layout not in layouts:
+        raise ValueError(f"layout={cfg.layout!r}: expected one of {', '.join(layouts)}")
     sources = (cfg.sources,) if isinstance(cfg.sources, str) else None if cfg.sources is None else tuple(cfg.sources)
     if sources is not None and not all(isinstance(source, str) for source in sources):
         raise ValueError(f"sources={cfg.sources!r}: expected null, a provenance (auto, manual) or a list of them")
@@ -61,6 +66,9 @@ def is_label_studio_export(path: Path) -> bool:
 
 
 def import_(cfg: DictConfig) -> None:
+    from sam_engine.annotate.coco_bridge import import_coco_corrections
+    from sam_engine.annotate.label_studio import import_label_studio
+
     check_values(cfg, integers={"stage.number": 1}, strings=("input", "out_dir", "prefix"))
     if not OmegaConf.is_list(cfg.pool):  # the pool's own directory would take the masks as a second copy of its images
         check_output_is_not_input(cfg.pool, cfg.out_dir, input_key="pool", output_key="out_dir")

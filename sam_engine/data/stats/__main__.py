@@ -11,13 +11,15 @@ import json
 from omegaconf import DictConfig, OmegaConf
 
 from sam_engine.cli import run_command
-from sam_engine.data.stats.dataset_stats import compute_stats, write_stats
 from sam_engine.utils.config_checks import check_values
 
 
 def stats(cfg: DictConfig) -> None:
     check_values(cfg, integers={"max_images": 1, "size_bins": 1, "concavity_bins": 1, "heatmap_bins": 1},
                  strings=("out",), nullable=("max_images",))
+    # Imported once there is work: its shard reader loads webdataset, and webdataset torch (--help need not).
+    from sam_engine.data.stats.dataset_stats import compute_stats, write_stats
+
     sources = OmegaConf.to_container(cfg.sources) if OmegaConf.is_list(cfg.sources) else [cfg.sources]
     result = compute_stats(sources, max_images=cfg.max_images, size_bins=cfg.size_bins,
                            concavity_bins=cfg.concavity_bins, heatmap_bins=cfg.heatmap_bins)
