@@ -57,7 +57,6 @@ def test_scheduler_drives_every_group(model):
     assert optimizer.defaults["betas"] == (0.9, 0.999)
 
 
-
 def test_the_fused_update_takes_adamws_steps():
     """On the CPU the update is PyTorch's fused AdamW, and it moves every weight as the per-tensor one does."""
     config = OptimConfig(lr=1e-2, warmup_steps=0, milestones=(), layer_decay=0.5)
@@ -77,6 +76,7 @@ def test_the_fused_update_takes_adamws_steps():
     for (name, a), b in zip(fused_model.named_parameters(), reference_model.parameters(), strict=True):
         assert torch.allclose(a, b, atol=1e-6), name
     assert not torch.equal(fused_model.mask_decoder.iou_token.weight, start)  # the steps moved the weights
+
 
 def test_freeze_image_encoder():
     frozen = build_sam("tiny")

@@ -71,7 +71,7 @@ def build_optimizer(model: Sam, config: OptimConfig) -> tuple[torch.optim.AdamW,
     """AdamW over ``param_groups`` and its per-step schedule (call ``scheduler.step()`` every step).
 
     The update is PyTorch's fused kernel where every weight is a float tensor on the CPU or a CUDA device: one
-    pass over the tensors instead of a dozen small operations per tensor (by default the CPU takes the slowest)."""
+    pass over the tensors instead of PyTorch's default on the CPU, a dozen small operations per tensor."""
     fused = all(p.is_floating_point() and p.device.type in ("cpu", "cuda") for p in model.parameters())
     optimizer = torch.optim.AdamW(param_groups(model, config), lr=config.lr, betas=tuple(config.betas),
                                   fused=fused or None)
