@@ -15,10 +15,12 @@ synthetic scenes (the embedded dataset's scene settings, ``--seed`` distinct fro
   NoC90 (clicks to IoU >= 0.9, ``--max-clicks`` when never reached).
 
 Every mIoU comes with a 95% confidence interval (normal approximation over images: masks of one
-image are not independent). ``--json`` writes the figures. Printed first, two references on the same
+image are not independent). ``--json`` writes the figures. Printed first, references on the same
 scenes: the box prior without any model (the ellipse inscribed in each tight box, the floor a box prompt
-should clear), and the 1-click ceilings of a perfect segmenter that must still pick one of the nested
-masks (whole, part, sub-part) holding the click: the smallest of them, or the largest.
+should clear); the 1-click ceilings of a perfect segmenter that must still pick one of the nested
+masks (whole, part, sub-part) holding the click: the smallest of them, or the largest; and the masks
+drawn on the tiny model's image-embedding grid and on one twice as fine, the ceiling of a model that
+outlines objects to the nearest embedding cell and no finer.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 import yaml
 
 from sam_engine.data.synthetic.scenes import SceneSpec, generate_scene
@@ -39,11 +42,16 @@ from sam_engine.train.prompts import PADDING, farthest_from_boundary_points, lar
 CLICKS_FOR_MIOU = 5
 
 
-def embedded_scene_spec() -> SceneSpec:
-    """The scene settings of the embedded training data (``sam_engine/conf/data/synthetic.yaml``)."""
+def packaged_config(group: str, name: str) -> dict:
+    """``sam_engine/conf/<group>/<name>.yaml``, as shipped in the package."""
     from importlib import resources
 
-    config = yaml.safe_load((resources.files("sam_engine.conf") / "data" / "synthetic.yaml").read_text())
+    return yaml.safe_load((resources.files("sam_engine.conf") / group / f"{name}.yaml").read_text())
+
+
+def embedded_scene_spec() -> SceneSpec:
+    """The scene settings of the embedded training data (``sam_engine/conf/data/synthetic.yaml``)."""
+    config = packaged_config("data", "synthetic")
     scene = config["synthetic"][0]["scene"]
     return SceneSpec(image_size=config["synthetic"][0]["image_size"], min_objects=scene["min_objects"],
                      max_objects=scene["max_objects"], object_area=tuple(scene["object_area"]),
@@ -119,17 +127,36 @@ def nested_click_ceilings(gt: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]
     return ious[rows, smallest], ious[rows, largest]
 
 
+def at_grid(gt: torch.Tensor, grid: int) -> torch.Tensor:
+    """N x H x W bool -> N x H x W bool: each mask as exact as a grid x grid map can draw it (the fraction of
+    each cell it covers, up-sampled bilinearly, thresholded at one half). A model whose masks follow its
+    image embedding's cells, and nothing finer, scores at best the IoU of these with the truth."""
+    covered = F.adaptive_avg_pool2d(gt[:, None].float(), grid)
+    return F.interpolate(covered, size=gt.shape[-2:], mode="bilinear")[:, 0] > 0.5
+
+
+def tiny_grid() -> int:
+    """The side of the embedded default model's image embedding (``sam_engine/conf/model/tiny.yaml``)."""
+    config = packaged_config("model", "tiny")
+    return config["img_size"] // config["patch_size"]
+
+
 def references(num_images: int, seed: int) -> dict[str, tuple[float, float]]:
     """The model-free references on the benchmark's scenes, each an mIoU and its 95% half-width: ``box_prior``
-    (:func:`ellipse_in_box`) and the ``innermost`` and ``outermost`` 1-click ceilings
-    (:func:`nested_click_ceilings`); each scene is generated once."""
-    spec, per_image = embedded_scene_spec(), {"box_prior": [], "innermost": [], "outermost": []}
+    (:func:`ellipse_in_box`), the ``innermost`` and ``outermost`` 1-click ceilings
+    (:func:`nested_click_ceilings`) and ``grid_G``, the masks drawn on the tiny model's G x G embedding grid and
+    on one twice as fine (:func:`at_grid`); each scene is generated once."""
+    grids = (tiny_grid(), 2 * tiny_grid())
+    spec = embedded_scene_spec()
+    per_image = {"box_prior": [], "innermost": [], "outermost": [], **{f"grid_{g}": [] for g in grids}}
     for index in range(num_images):
         gt = torch.from_numpy(generate_scene(seed, index, spec).masks)
         per_image["box_prior"].append(iou(ellipse_in_box(mask_boxes(gt), gt.shape[-2:]), gt))
         smallest, largest = nested_click_ceilings(gt)
         per_image["innermost"].append(smallest)
         per_image["outermost"].append(largest)
+        for grid in grids:
+            per_image[f"grid_{grid}"].append(iou(at_grid(gt, grid), gt))
     return {name: mean_with_interval(values) for name, values in per_image.items()}
 
 
@@ -178,6 +205,11 @@ def main() -> None:
     print(f"box prior, no model (the ellipse inscribed in the tight box): {prior:.3f} +- {prior_half:.3f}")
     print(f"1-click ceiling of exact masks, answering the innermost of the nested masks holding the click: "
           f"{inner:.3f} +- {inner_half:.3f}; the outermost: {outer:.3f} +- {outer_half:.3f}")
+    for name, (value, half) in reference.items():
+        if name.startswith("grid_"):
+            side = name.removeprefix("grid_")
+            print(f"masks drawn on a {side} x {side} grid (each cell's covered fraction, bilinear): "
+                  f"{value:.3f} +- {half:.3f}")
     rows = []
     for export in args.exports:
         row = evaluate(export, args.images, args.seed, args.max_clicks)
