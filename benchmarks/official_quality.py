@@ -146,7 +146,8 @@ def references(num_images: int, seed: int) -> dict[str, tuple[float, float]]:
     (:func:`ellipse_in_box`), the ``innermost`` and ``outermost`` 1-click ceilings
     (:func:`nested_click_ceilings`) and ``grid_G``, the masks drawn on the tiny model's G x G embedding grid and
     on one twice as fine (:func:`at_grid`); each scene is generated once."""
-    grids = (tiny_grid(), 2 * tiny_grid())
+    grid = tiny_grid()
+    grids = (grid, 2 * grid)
     spec = embedded_scene_spec()
     per_image = {"box_prior": [], "innermost": [], "outermost": [], **{f"grid_{g}": [] for g in grids}}
     for index in range(num_images):
