@@ -46,6 +46,16 @@ def test_scenes_have_5_to_40_objects_and_no_tiny_masks(sample_scenes):
         assert scene.masks.sum(axis=(1, 2)).min() >= min_area
 
 
+def test_scenes_of_large_masks_reach_their_minimum_count_or_say_why():
+    large = SceneSpec(min_objects=6, max_objects=16, object_area=(0.016, 0.2), min_mask_area=1024)
+    for index in range(8):
+        scene = generate_scene(0, index, large)
+        wholes = scene.masks[scene.levels == 0]
+        assert len(wholes) >= 6 and wholes.sum(axis=(1, 2)).min() >= 1024
+    with pytest.raises(ValueError, match="no 3 visible objects of at least 60000 px"):
+        generate_scene(0, 0, SceneSpec(min_objects=3, min_mask_area=60000))
+
+
 def test_parts_nest_in_their_object_over_three_levels(sample_scenes):
     nested_chains = 0
     for scene in sample_scenes:

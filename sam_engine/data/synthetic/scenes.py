@@ -24,6 +24,7 @@ import numpy as np
 from sam_engine.data.synthetic.shapes import Shape, random_colour, random_shape, rasterize, texture
 
 LEVEL_WHOLE, LEVEL_PART, LEVEL_SUBPART = 0, 1, 2
+FILL_UP_ATTEMPTS = 200  # extra objects a scene may paint to reach its minimum count
 
 
 @dataclass(frozen=True)
@@ -98,10 +99,23 @@ def generate_scene(seed: int, index: int, spec: SceneSpec = SceneSpec()) -> Scen
     canvas = Canvas(size, texture(rng, size, size, random_colour(rng), contrast=rng.uniform(30, 90)))
     for element in _sample_objects(rng, spec):
         canvas.paint_object(rng, element)
-    while _count_visible_objects(canvas, spec.min_area) < spec.min_objects:
-        radius = size * np.sqrt(rng.uniform(0.002, 0.02) / np.pi)
-        canvas.paint_object(rng, _nested(rng, *rng.uniform(0, size, 2), radius, depth=1))
+    _fill_up(rng, canvas, spec)
     return canvas.to_scene(spec.min_area)
+
+
+def _fill_up(rng: np.random.Generator, canvas: Canvas, spec: SceneSpec) -> None:
+    """Paint plain shapes on top until ``spec.min_objects`` objects keep a mask: each of the spec's object
+    sizes but never smaller than twice the smallest mask kept, so that each can count."""
+    size = spec.image_size
+    low, high = spec.object_area
+    low = min(high, max(low, 2 * spec.min_area / size**2))
+    for _ in range(FILL_UP_ATTEMPTS):
+        if _count_visible_objects(canvas, spec.min_area) >= spec.min_objects:
+            return
+        radius = size * np.sqrt(np.exp(rng.uniform(np.log(low), np.log(high))) / np.pi)
+        canvas.paint_object(rng, _nested(rng, *rng.uniform(0, size, 2), radius, depth=1))
+    raise ValueError(f"scene spec {spec}: no {spec.min_objects} visible objects of at least {spec.min_area} px "
+                     f"after {FILL_UP_ATTEMPTS} extra objects; lower min_objects or min_mask_area, or raise object_area")
 
 
 # --- objects ----------------------------------------------------------------------------------
