@@ -115,7 +115,8 @@ def _fill_up(rng: np.random.Generator, canvas: Canvas, spec: SceneSpec) -> None:
         radius = size * np.sqrt(np.exp(rng.uniform(np.log(low), np.log(high))) / np.pi)
         canvas.paint_object(rng, _nested(rng, *rng.uniform(0, size, 2), radius, depth=1))
     raise ValueError(f"scene spec {spec}: no {spec.min_objects} visible objects of at least {spec.min_area} px "
-                     f"after {FILL_UP_ATTEMPTS} extra objects; lower min_objects or min_mask_area, or raise object_area")
+                     f"after {FILL_UP_ATTEMPTS} extra objects; lower min_objects or min_mask_area, "
+                     "or raise object_area")
 
 
 # --- objects ----------------------------------------------------------------------------------
