@@ -100,16 +100,15 @@ def test_progress_lines_say_where_a_run_is_and_when_it_ends():
 
 @pytest.mark.slow
 def test_stage_one_learns_from_scratch_on_cpu(tmp_path):
-    """Stage 1's default config (fresh tiny model, synthetic data) on a shorter schedule (320 steps of one
-    decoder pass, two thirds of the engine's seed training): 2-3 min here. The full default (600
-    steps, the last 80 with 11 passes, 32 validation images up to 20 clicks) takes 6.5-8 min on a 2-core
-    CPU, too long for the suite; ``python -m sam_engine.train stage=1`` runs it."""
+    """Stage 1's default config (fresh tiny model, synthetic data) on a shorter schedule: 310 one-pass steps,
+    then 10 with SAM's 11 passes; 16 validation images up to 10 clicks; ~3 min here. The full default (700
+    steps, the last 40 with 11 passes, 32 validation images up to 20 clicks) takes ~7 min on a 2-core CPU,
+    too long for the suite; ``python -m sam_engine.train stage=1`` runs it."""
     import os
 
     env = {**os.environ, "SAM_ENGINE_DATA": str(tmp_path / "data")}
-    schedule = ["stage.max_steps=320", "stage.prompt_warmup_steps=320", "stage.milestones=[310]",
-                "data.synthetic.1.num_images=16", "eval.max_clicks=10",
-                "data.steps_per_epoch=1000"]  # no validation at an epoch's end, only before and after
+    schedule = ["stage.max_steps=320", "stage.prompt_warmup_steps=310", "stage.milestones=[315]",
+                "data.synthetic.1.num_images=16", "eval.max_clicks=10"]
     result = subprocess.run(
         [sys.executable, "-m", "sam_engine.train", "stage=1", f"engine_dir={tmp_path / 'engine'}", *schedule],
         capture_output=True, text=True, timeout=900, env=env,
@@ -118,10 +117,12 @@ def test_stage_one_learns_from_scratch_on_cpu(tmp_path):
     metrics = json.loads((tmp_path / "engine" / "stage1" / "train" / "metrics.json").read_text())
     before, after = metrics["initial"], metrics["final"]
     assert metrics["steps"] == 320 and metrics["skipped_steps"] == 0
-    # Seed 0 reached 1-click 0.279 (oracle 0.358) and box 0.280 here, from about 0.02 (docs/performance.md).
-    assert after["val/miou_1pt"] > max(0.15, 4 * before["val/miou_1pt"]), metrics
-    assert after["val/miou_1pt_oracle"] > max(0.2, 4 * before["val/miou_1pt_oracle"]), metrics
-    assert after["val/miou_box"] > 0.15, metrics  # the single-output token leaves the empty-mask plateau too
+    # Seeds 0 / 1 / 2 reached 1-click 0.432 / 0.370 / 0.466 (oracle 0.487 / 0.466 / 0.509), box 0.333 / 0.376 /
+    # 0.429 here, from 0.02-0.05; the recipe before, on the scenes before, 0.279 / 0.358 / 0.280 (docs/performance.md).
+    assert after["val/miou_1pt"] > max(0.3, 4 * before["val/miou_1pt"]), metrics
+    assert after["val/miou_1pt_oracle"] > max(0.4, 4 * before["val/miou_1pt_oracle"]), metrics
+    assert after["val/miou_box"] > 0.25, metrics  # the single-output token leaves the empty-mask plateau too
+    assert after["val/miou_5pt"] > 2 * before["val/miou_5pt"], metrics  # 10 steps of 11 passes: 0.14-0.53
     print(json.dumps(metrics))  # shown with -rP: the figures of this machine
 
 
