@@ -118,7 +118,8 @@ def test_stage_one_learns_from_scratch_on_cpu(tmp_path):
     before, after = metrics["initial"], metrics["final"]
     assert metrics["steps"] == 320 and metrics["skipped_steps"] == 0
     # Seeds 0 / 1 / 2 reached 1-click 0.432 / 0.370 / 0.466 (oracle 0.487 / 0.466 / 0.509), box 0.333 / 0.376 /
-    # 0.429 here, from 0.02-0.05; the recipe before, on the scenes before, 0.279 / 0.358 / 0.280 (docs/performance.md).
+    # 0.429 here, from 0.02-0.05; the recipe before, on the scenes before, 1-click 0.279, oracle 0.358, box 0.280
+    # at seed 0 (docs/performance.md).
     assert after["val/miou_1pt"] > max(0.3, 4 * before["val/miou_1pt"]), metrics
     assert after["val/miou_1pt_oracle"] > max(0.4, 4 * before["val/miou_1pt_oracle"]), metrics
     assert after["val/miou_box"] > 0.25, metrics  # the single-output token leaves the empty-mask plateau too
