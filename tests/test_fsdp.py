@@ -81,6 +81,12 @@ def train(*overrides: str) -> subprocess.CompletedProcess:
     )
 
 
+# Two strategies' weights agree to float rounding, which AdamW amplifies on weights with near-zero gradients
+# (1.4e-5 after 6 steps on an AVX-512 CPU); weights trained apart, or AdamW states not restored, differ by
+# steps of lr = 3e-4.
+SAME_WEIGHTS = 5e-5
+
+
 def max_difference(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
     assert a.keys() == b.keys()
     return max((a[k].float() - b[k].float()).abs().max().item() for k in a)
@@ -127,12 +133,12 @@ def test_fsdp_trains_checkpoints_and_exports_as_ddp_does(runs):
     assert 1e-3 < max_difference(exported, initial) < 1e-2  # trained, a few lr-sized steps away
     # The same weights as DDP: gradients averaged over the ranks, clipped by their global norm (FSDP's root
     # module), weight decay chosen by the parameters' full shapes.
-    assert max_difference(exported, load_export(ddp / "export").state_dict()) < 1e-5
+    assert max_difference(exported, load_export(ddp / "export").state_dict()) < SAME_WEIGHTS
 
     def checkpointed(run_dir: Path) -> dict[str, torch.Tensor]:
         return torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)["state_dict"]
 
-    assert max_difference(checkpointed(fsdp), checkpointed(ddp)) < 1e-5  # full weights, not shards
+    assert max_difference(checkpointed(fsdp), checkpointed(ddp)) < SAME_WEIGHTS  # full weights, not shards
 
 
 def test_fsdp_resumes_from_its_checkpoint_as_ddp_does(runs, shards, tmp_path):
@@ -146,7 +152,7 @@ def test_fsdp_resumes_from_its_checkpoint_as_ddp_does(runs, shards, tmp_path):
         assert "Restoring states from the checkpoint" in result.stdout + result.stderr
         assert json.loads((engine_dir / "stage1" / "train" / "metrics.json").read_text())["steps"] == 6
         exports[name] = load_export(engine_dir / "stage1" / "train" / "export").state_dict()
-    assert max_difference(exports["fsdp"], exports["ddp"]) < 1e-5  # weights and AdamW states restored
+    assert max_difference(exports["fsdp"], exports["ddp"]) < SAME_WEIGHTS  # weights and AdamW states restored
 
 
 def test_fsdp_steps_and_validates_on_ranks_without_masks(tmp_path, synthetic_shards):
