@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from sam_engine.annotate.cost import AnnotationTimeModel
-from sam_engine.annotate.simulated import AnnotatedMasks, SimulatedAnnotator, uncovered
+from sam_engine.annotate.simulated import AnnotatedMasks, SimulatedAnnotator, review_prefilled
 from sam_engine.data.synthetic.scenes import LEVEL_WHOLE, SceneSpec, generate_scene
 from sam_engine.metrics.interactive import mask_iou
 from sam_engine.model import build_sam
@@ -293,24 +293,32 @@ def test_bad_annotator_settings_are_refused(kwargs, message):
         SimulatedAnnotator(TIME, **kwargs)
 
 
-# --- stage 2: which objects the pre-filled masks leave uncovered -----------------------------
+# --- stage 2: the pre-filled masks kept, and the objects they leave to annotate ---------------------
 
 
-def test_uncovered_finds_objects_no_prefilled_mask_covers():
+def test_the_review_keeps_right_prefilled_masks_and_finds_the_objects_they_leave():
     intent = torch.zeros(3, 10, 10, dtype=torch.bool)
     intent[0, 0:4, 0:4] = True  # 16 px
     intent[1, 5:10, 0:5] = True  # 25 px
     intent[2, 0:2, 6:10] = True  # 8 px
-    prefilled = torch.zeros(2, 10, 10, dtype=torch.bool)
+    prefilled = torch.zeros(3, 10, 10, dtype=torch.bool)
     prefilled[0, 0:4, 0:4] = True  # object 0 exactly: IoU 1
     prefilled[1, 5:10, 0:2] = True  # 10 px inside object 1: IoU 0.4
-    assert uncovered(intent, prefilled).tolist() == [False, True, True]
-    assert uncovered(intent, prefilled, max_iou=0.4).tolist() == [False, False, True]
-    assert uncovered(intent, prefilled[:0]).tolist() == [True, True, True]
+    prefilled[2, 5:10, 6:10] = True  # on no object
+    kept_all = review_prefilled(intent, prefilled)
+    assert kept_all.kept.tolist() == [True, True, True] and kept_all.uncovered.tolist() == [False, True, True]
+    assert review_prefilled(intent, prefilled, cover_iou=0.4).uncovered.tolist() == [False, False, True]
+    reviewed = review_prefilled(intent, prefilled, cover_iou=0.4, reject_below=0.9)
+    assert reviewed.kept.tolist() == [True, False, False]
+    assert reviewed.uncovered.tolist() == [False, True, True]  # a rejected mask covers nothing
+    assert review_prefilled(intent, prefilled, reject_below=0.3).kept.tolist() == [True, True, False]
+    nothing = review_prefilled(intent, prefilled[:0], reject_below=0.9)
+    assert nothing.kept.tolist() == [] and nothing.uncovered.tolist() == [True, True, True]
+    assert review_prefilled(intent[:0], prefilled, reject_below=0.9).kept.tolist() == [False, False, False]
 
 
-def test_uncovered_refuses_masks_of_different_sizes():
+def test_the_review_refuses_masks_of_different_sizes():
     with pytest.raises(ValueError, match="differ in H x W"):
-        uncovered(torch.zeros(1, 10, 10, dtype=torch.bool), torch.zeros(1, 10, 12, dtype=torch.bool))
+        review_prefilled(torch.zeros(1, 10, 10, dtype=torch.bool), torch.zeros(1, 10, 12, dtype=torch.bool))
     with pytest.raises(ValueError, match="prefilled must be an N x H x W bool"):
-        uncovered(torch.zeros(1, 10, 10, dtype=torch.bool), np.zeros((1, 10, 10), bool))
+        review_prefilled(torch.zeros(1, 10, 10, dtype=torch.bool), np.zeros((1, 10, 10), bool))

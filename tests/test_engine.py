@@ -37,6 +37,7 @@ SMALL = [  # every step, in seconds: this checks the plumbing (the default run s
     "stage1.rounds=2", "stage1.images_per_round=2", "stage1.train_steps=2",
     "stage2.rounds=1", "stage2.images_per_round=2", "stage2.train_steps=2",
     "stage2.prefill.points_per_side=4", "stage2.prefill.pred_iou_thresh=0", "stage2.prefill.stability_score_thresh=0",
+    "stage2.review=false",  # keeps the untrained model's pre-fills (test_annotate_session checks the review)
     "stage3.amg.points_per_side=4", "stage3.amg.pred_iou_thresh=0", "stage3.amg.stability_score_thresh=0",
     "stage3.train_steps=2", "logger.wandb=false",
     "data.synthetic.0.num_images=6", "data.synthetic.1.num_images=2", "data.synthetic.2.num_images=4",
@@ -225,6 +226,7 @@ def test_the_engine_command_takes_data_folder_for_the_photo_group(tmp_path):
     ("stage2.images_per_round=0", "stage2.images_per_round=0: expected an integer >= 1"),
     ("annotator.accept_iou=1.5", r"annotator.accept_iou=1.5: expected a number in \[0, 1\]"),
     ("logger.wandb=maybe", "logger.wandb='maybe': expected true or false"),
+    ("stage2.review=0.9", "stage2.review=0.9: expected true or false"),
 ])
 def test_a_wrong_value_is_refused_by_key_before_the_run_records_its_config(tmp_path, override, message):
     with pytest.raises(ValueError, match=message):

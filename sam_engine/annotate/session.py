@@ -1,9 +1,10 @@
 """One annotation round of stage 1 or 2: a chunk of the image pool, annotated with the model's help.
 
 For every image of the chunk (stage 2 first pre-fills it with the automatic mask generator's confident
-masks, ``source=auto``), the simulated annotator annotates the objects of its intent, the pool's hidden
-ground truth, that no pre-filled mask covers (``source=manual``, with ``clicks`` and ``seconds``). The
-record written holds the pre-filled and the manual masks, never the ground truth. A round writes one
+masks, ``source=auto``, and the annotator rejects the wrong ones unless ``review`` is off), the simulated
+annotator annotates the objects of its intent, the pool's hidden ground truth, that no kept pre-filled
+mask covers (``source=manual``, with ``clicks`` and ``seconds``). The record written holds the kept
+pre-filled and the manual masks, never the ground truth. A round writes one
 shard, published whole (``ShardWriter``): a killed round leaves nothing, its rerun does it all again.
 
 ``round_statistics`` reads a round's shard back (so a resumed engine gets the same figures): masks per
@@ -22,7 +23,7 @@ import numpy as np
 import torch
 
 from sam_engine.amg import SamAutomaticMaskGenerator
-from sam_engine.annotate.simulated import SimulatedAnnotator, uncovered
+from sam_engine.annotate.simulated import SimulatedAnnotator, review_prefilled
 from sam_engine.data.images import ImageDecodeError, decode_image
 from sam_engine.data.records import decode_masks, make_annotations, make_record
 from sam_engine.data.samples import Sample, good_samples
@@ -93,6 +94,8 @@ class RoundSetup:
         model: the model id written with every mask (``labelling.model_id``).
         prefill: stage 2's automatic mask generator (its confident masks); None in stage 1.
         cover_iou: stage 2: an object counts as covered by a pre-filled mask of IoU >= this.
+        review: stage 2: the annotator rejects each pre-filled mask below its ``accept_iou`` with every
+            object, as people do on the web page; False keeps them all (SAM's stage 2).
         pool_option: the config option naming the pool (for error messages).
     """
 
@@ -102,6 +105,7 @@ class RoundSetup:
     model: str
     prefill: SamAutomaticMaskGenerator | None = None
     cover_iou: float = 0.5
+    review: bool = True
     pool_option: str = "pool"
 
 
@@ -138,9 +142,16 @@ def _annotate_image(sample: Sample, setup: RoundSetup) -> dict | None:
     intent_tensor = torch.from_numpy(intent).to(device)
     annotations, exclude = [], None
     if setup.prefill is not None:
-        annotations = setup.prefill.generate(image, {"source": "auto", "stage": setup.stage, "model": setup.model})
-        prefilled = decode_masks([a["segmentation"] for a in annotations], image.shape[:2])
-        exclude = ~uncovered(intent_tensor, torch.from_numpy(prefilled).to(device), setup.cover_iou)
+        generated = setup.prefill.generate(image, {"source": "auto", "stage": setup.stage, "model": setup.model})
+        prefilled = torch.from_numpy(decode_masks([a["segmentation"] for a in generated], image.shape[:2]))
+        review = review_prefilled(intent_tensor, prefilled.to(device), setup.cover_iou,
+                                  setup.annotator.accept_iou if setup.review else None)
+        kept = [a for a, keep in zip(generated, review.kept.tolist(), strict=True) if keep]
+        annotations = [{**a, "id": i} for i, a in enumerate(kept)]  # ids 0..k-1: the manual ones follow
+        if len(kept) < len(generated):
+            log.info("%s: rejected %d of %d pre-filled masks (IoU < %.2f with every object)", sample.source,
+                     len(generated) - len(kept), len(generated), setup.annotator.accept_iou)
+        exclude = ~review.uncovered
     setup.predictor.set_image(image)
     result = setup.annotator.annotate(setup.predictor, intent_tensor, exclude)
     setup.predictor.reset_image()

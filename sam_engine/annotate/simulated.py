@@ -275,28 +275,46 @@ def _checked_intent(intent: torch.Tensor, predictor: SamPredictor | None) -> tor
     return intent
 
 
-def uncovered(intent: torch.Tensor, prefilled: torch.Tensor, max_iou: float = 0.5) -> torch.Tensor:
-    """The intent objects that no pre-filled mask covers (stage 2 annotates only those).
+@dataclass
+class PrefillReview:
+    """What the annotator makes of an image's M pre-filled masks, against its N objects (stage 2).
 
-    Intersections of all pairs come from one matrix product of the flattened masks (float32: exact
-    up to 2^24 pixels per mask; a transient (N + M) x H x W float32 copy).
+    kept: M bool, the pre-filled masks kept; uncovered: N bool, the objects no kept mask covers (the
+    ones the annotator then annotates).
+    """
+
+    kept: torch.Tensor
+    uncovered: torch.Tensor
+
+
+def review_prefilled(
+    intent: torch.Tensor, prefilled: torch.Tensor, cover_iou: float = 0.5, reject_below: float | None = None
+) -> PrefillReview:
+    """Which pre-filled masks the annotator keeps, and which objects they leave to annotate.
+
+    With ``reject_below`` the annotator rejects each pre-filled mask whose IoU with every object is
+    below it, as people reject wrong ones on the web page; None keeps them all (SAM's stage 2, whose
+    pre-filled masks were confident ones of a strong model). Intersections of all pairs come from one
+    matrix product of the flattened masks (float32: exact up to 2^24 pixels per mask; a transient
+    (N + M) x H x W float32 copy).
 
     Arguments:
-        intent: N x H x W bool; prefilled: M x H x W bool (M may be 0).
-        max_iou: an object is covered when some pre-filled mask reaches this IoU with it.
-    Returns:
-        torch.Tensor: N bool, True where the best IoU with any pre-filled mask is below ``max_iou``.
+        intent: N x H x W bool; prefilled: M x H x W bool (either may be empty).
+        cover_iou: an object is covered when a kept pre-filled mask reaches this IoU with it.
     """
     for name, masks in (("intent", intent), ("prefilled", prefilled)):
         if masks.dtype != torch.bool or masks.ndim != 3:
             raise ValueError(f"{name} must be an N x H x W bool tensor, got {masks.dtype} {tuple(masks.shape)}")
     if intent.shape[1:] != prefilled.shape[1:]:
         raise ValueError(f"intent {tuple(intent.shape)} and prefilled {tuple(prefilled.shape)} differ in H x W")
-    if prefilled.shape[0] == 0:
-        return torch.ones(intent.shape[0], dtype=torch.bool, device=intent.device)
     a = intent.flatten(1).float()  # N x HW
     b = prefilled.to(intent.device).flatten(1).float()  # M x HW
     intersection = a @ b.T  # N x M
     union = a.sum(dim=1)[:, None] + b.sum(dim=1)[None, :] - intersection
-    iou = torch.where(union > 0, intersection / union.clamp(min=1), 1.0)
-    return iou.amax(dim=1) < max_iou
+    iou = torch.where(union > 0, intersection / union.clamp(min=1), 1.0)  # N x M
+    if reject_below is None:
+        kept = torch.ones(iou.shape[1], dtype=torch.bool, device=iou.device)
+    else:
+        kept = (iou >= reject_below).any(dim=0)  # M: right for some object
+    covered = (iou[:, kept] >= cover_iou).any(dim=1)  # N: False where no mask is kept
+    return PrefillReview(kept=kept, uncovered=~covered)

@@ -216,6 +216,7 @@ class DataEngine:
                 model=model_id(export),
                 prefill=self.prefill_generator(model) if stage == 2 else None,
                 cover_iou=self.cfg.stage2.cover_iou,
+                review=self.cfg.stage2.review,
                 pool_option=f"data.pool{stage}",
             )
             annotate_round(samples, shards, prefix, setup)
