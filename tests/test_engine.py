@@ -177,6 +177,21 @@ def test_engine_killed_mid_step_completes_with_the_same_outputs(tmp_path, engine
         assert [len(r["annotations"]) for r in ours] == [len(r["annotations"]) for r in reference]
 
 
+def test_without_a_confident_automatic_mask_stage_3_trains_nothing_and_the_engine_ends_with_its_start(
+        tmp_path, caplog):
+    with caplog.at_level("WARNING", logger="sam_engine.engine.run"):
+        rows = run(tmp_path, "stage1.rounds=0", "stage2.rounds=0", "stage3.amg.pred_iou_thresh=1.0",
+                   "stage3.amg.stability_score_thresh=1.0")
+    seed, stage3, final = rows
+    assert [r["step"] for r in rows] == ["seed", "stage3", "final"]
+    assert stage3["images"] == 3 and stage3["masks_collected"] == 0 and "val/miou_1pt" not in stage3
+    assert not (tmp_path / "run" / "stage3" / "train").exists()
+    assert final["val/miou_1pt"] == pytest.approx(seed["val/miou_1pt"], abs=1e-6)  # the seed model, evaluated
+    assert "stage 3: no automatic mask of the 3 images of data.pool3 passed the filters " \
+           "(stage3.amg.pred_iou_thresh=1.0, stability_score_thresh=1.0): the final model is seed's, not retrained" \
+           in caplog.text
+
+
 def test_missing_ground_truth_previous_stage_and_bad_stage_are_named(tmp_path):
     empty_pool = tmp_path / "bare"
     with ShardWriter(empty_pool, prefix="bare") as writer:

@@ -231,17 +231,20 @@ class DataEngine:
 
     def stage3_step(self, directory: Path) -> dict:
         """Automatic masks over pool3 with the previous step's model (stage 2's last), then the final model trained
-        on them."""
+        on them. When no mask passes the filters the model is not confident enough to label alone: nothing is
+        trained, and the engine ends with the model stage 3 started from (``final_model``)."""
         export = self.export_before("stage3")
         shards = self.run_dir / "stage3" / "shards"
         self.launcher.label(self.label_config(export, shards))
         truth = {s.key: s.record["annotations"] for s in pool_samples(self.cfg.data.pool3) if s.record}
         collected = round_statistics(shards, truth)
         if not collected["masks_collected"]:
-            raise ValueError(
-                f"stage 3: no automatic mask of the {collected['images']} images of data.pool3 passed the filters "
-                "(stage3.amg: pred_iou_thresh, stability_score_thresh); the final model would train on nothing"
-            )
+            amg = self.cfg.stage3.amg
+            log.warning("stage 3: no automatic mask of the %d images of data.pool3 passed the filters "
+                        "(stage3.amg.pred_iou_thresh=%s, stability_score_thresh=%s): the final model is %s's, "
+                        "not retrained", collected["images"], amg.pred_iou_thresh, amg.stability_score_thresh,
+                        self.training_before("stage3"))
+            return {"stage": 3, "round": 0, **collected}
         self.log_masks("stage3", shards)
         steps = self.cfg.stage3.train_steps
         metrics = self.train(directory / "train", 3, export, steps, 0, [steps])
@@ -250,10 +253,21 @@ class DataEngine:
         return {"stage": 3, "round": 0, **collected, **metrics}
 
     def final_step(self, directory: Path) -> dict:
+        return {"stage": FINAL_STEP, "round": 0, **self.evaluate(directory, self.final_model())}
+
+    def final_model(self) -> Path:
+        """The export the engine ends with: stage 3's; or, where stage 3 found no confident mask, the one it
+        started from.
+
+        Raises:
+            FileNotFoundError: stage 3 has not run, naming the missing file.
+        """
         export = self.run_dir / "stage3" / "train" / "export"
-        if not (export / "sam.pth").is_file():
-            raise FileNotFoundError(f"{export / 'sam.pth'}: stage 3's final model is missing; run the engine first")
-        return {"stage": FINAL_STEP, "round": 0, **self.evaluate(directory, export)}
+        if (export / "sam.pth").is_file():
+            return export
+        if self.steps.is_done("stage3") and not self.steps.finished_row("stage3")["masks_collected"]:
+            return self.export_before("stage3")
+        raise FileNotFoundError(f"{export / 'sam.pth'}: stage 3's final model is missing; run the engine first")
 
     # --- parts ---------------------------------------------------------------------------------------------
 
