@@ -371,6 +371,26 @@ def test_a_finished_step_is_logged_with_its_headline_figures():
     assert describe_row({"step": "seed", "stage": 0}) == "no metrics"
 
 
+def test_the_demo_keeps_stage_ones_loss_weights_and_uses_sams_filters(tmp_path):
+    """The CPU demo trains every step at stage 1's focal : dice 1 : 1 (a fresh tiny model switched to 20 : 1 lost
+    its box mIoU); the real-model example's own train_overrides leave each stage its config's weights."""
+    with initialize_config_dir(config_dir=CONF, version_base=None):
+        demo = compose(config_name="engine", overrides=[f"run_dir={tmp_path / 'run'}"])
+        real = compose(config_name="engine", overrides=[f"run_dir={tmp_path / 'run'}",
+                                                        "train_overrides=['data.num_workers=8']"])
+
+        def focal_weights(cfg) -> list[float]:  # of the seed's, stage 1's, stage 2's and stage 3's trainings
+            engine = DataEngine(cfg, Steps(tmp_path / "run"))
+            return [engine.train_config(tmp_path / "run" / "x", stage, None, 3, 0, [3]).simulation.focal_weight
+                    for stage in (0, 1, 2, 3)]
+
+        weights = {"demo": focal_weights(demo), "real": focal_weights(real)}
+    assert weights == {"demo": [1.0, 1.0, 1.0, 1.0], "real": [1.0, 1.0, 20.0, 20.0]}
+    for amg in (demo.stage2.prefill, demo.stage3.amg):
+        assert (amg.pred_iou_thresh, amg.stability_score_thresh) == (0.88, 0.95)  # SAM's
+    assert demo.stage2.review is True
+
+
 def test_full_profile_has_sams_round_counts_and_sets_of_its_own(monkeypatch):
     monkeypatch.setenv("SAM_ENGINE_DATA", "/data")
     with initialize_config_dir(config_dir=CONF, version_base=None):
