@@ -4,8 +4,8 @@ For every image of the chunk (stage 2 first pre-fills it with the automatic mask
 masks, ``source=auto``, and the annotator rejects the wrong ones unless ``review`` is off), the simulated
 annotator annotates the objects of its intent, the pool's hidden ground truth, that no kept pre-filled
 mask covers (``source=manual``, with ``clicks`` and ``seconds``). The record written holds the kept
-pre-filled and the manual masks, never the ground truth. A round writes one
-shard, published whole (``ShardWriter``): a killed round leaves nothing, its rerun does it all again.
+pre-filled and the manual masks, never the ground truth. A round writes one shard, published whole
+(``ShardWriter``): a killed round leaves nothing, its rerun does it all again.
 
 ``round_statistics`` reads a round's shard back (so a resumed engine gets the same figures): masks per
 image, clicks and seconds per manual mask, and the pre-filled masks' precision against the ground truth.
@@ -25,7 +25,7 @@ import torch
 from sam_engine.amg import SamAutomaticMaskGenerator
 from sam_engine.annotate.simulated import SimulatedAnnotator, review_prefilled
 from sam_engine.data.images import ImageDecodeError, decode_image
-from sam_engine.data.records import decode_masks, make_annotations, make_record
+from sam_engine.data.records import decode_masks, make_annotations, make_record, renumbered
 from sam_engine.data.samples import Sample, good_samples
 from sam_engine.data.shards import ShardWriter, shard_name
 from sam_engine.metrics.proposals import ProposalQuality
@@ -146,11 +146,10 @@ def _annotate_image(sample: Sample, setup: RoundSetup) -> dict | None:
         prefilled = torch.from_numpy(decode_masks([a["segmentation"] for a in generated], image.shape[:2]))
         review = review_prefilled(intent_tensor, prefilled.to(device), setup.cover_iou,
                                   setup.annotator.accept_iou if setup.review else None)
-        kept = [a for a, keep in zip(generated, review.kept.tolist(), strict=True) if keep]
-        annotations = [{**a, "id": i} for i, a in enumerate(kept)]  # ids 0..k-1: the manual ones follow
-        if len(kept) < len(generated):
+        annotations = renumbered(a for a, keep in zip(generated, review.kept.tolist(), strict=True) if keep)
+        if len(annotations) < len(generated):  # the manual masks' ids follow the kept ones'
             log.info("%s: rejected %d of %d pre-filled masks (IoU < %.2f with every object)", sample.source,
-                     len(generated) - len(kept), len(generated), setup.annotator.accept_iou)
+                     len(generated) - len(annotations), len(generated), setup.annotator.accept_iou)
         exclude = ~review.uncovered
     setup.predictor.set_image(image)
     result = setup.annotator.annotate(setup.predictor, intent_tensor, exclude)

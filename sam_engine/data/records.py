@@ -17,7 +17,7 @@ COCO tool agrees with them. Masks are encoded and decoded in bulk (one pycocotoo
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import numpy as np
@@ -316,6 +316,11 @@ def annotations_from_rles(
         }
         for i, rle in enumerate(_as_str_counts(rles))
     ]
+
+
+def renumbered(annotations: Iterable[dict]) -> list[dict]:
+    """Copies of ``annotations`` with ids 0..n-1 in their order: a record's ids after some were left out."""
+    return [{**annotation, "id": i} for i, annotation in enumerate(annotations)]
 
 
 def make_record(

@@ -28,7 +28,7 @@ from PIL import Image
 from sam_engine.amg import SamAutomaticMaskGenerator
 from sam_engine.annotate.session import record_info
 from sam_engine.data.images import ImageDecodeError, decode_image, image_size
-from sam_engine.data.records import decode_masks, make_annotations, make_record
+from sam_engine.data.records import decode_masks, make_annotations, make_record, renumbered
 from sam_engine.data.samples import Sample
 from sam_engine.data.shards import ShardWriter, shard_name
 from sam_engine.utils.atomic_files import write_json_atomic
@@ -280,8 +280,8 @@ class WebRound:
             for sample, draft in zip(self.samples, self.drafts, strict=True):
                 if draft.skipped is not None:
                     continue
-                kept = [a for a in draft.prefilled or [] if a["id"] not in draft.rejected] + draft.manual
-                annotations = [{**a, "id": i} for i, a in enumerate(kept)]
+                annotations = renumbered([a for a in draft.prefilled or [] if a["id"] not in draft.rejected]
+                                         + draft.manual)
                 info = record_info(sample, image_size(sample.data, source=sample.source))
                 writer.write(sample.key, sample.data, sample.ext, make_record(**info, annotations=annotations))
         shutil.rmtree(self.drafts_dir, ignore_errors=True)
