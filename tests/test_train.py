@@ -118,7 +118,7 @@ def test_stage_one_learns_from_scratch_on_cpu(tmp_path):
     before, after = metrics["initial"], metrics["final"]
     assert metrics["steps"] == 320 and metrics["skipped_steps"] == 0
     # From 0.02-0.05, seeds 0 / 1 / 2 reached on one 2-core VM 1-click 0.432 / 0.370 / 0.466, oracle 0.487 /
-    # 0.466 / 0.509, box 0.333 / 0.376 / 0.429, 5 clicks 0.474 / 0.140 / 0.527; on another CPU (AMX, twice as
+    # 0.466 / 0.509, box 0.333 / 0.376 / 0.429, 5 clicks 0.474 / 0.140 / 0.527; on another CPU (AMX, ~1.5x as
     # fast, where the same seed takes another path) 0.418 / 0.430 / 0.427, oracle 0.446 / 0.489 / 0.490, box
     # 0.228 / 0.421 / 0.370, 5 clicks 0.421 / 0.203 / 0.513. The box is the last prompt to leave the
     # empty-mask plateau at this length (the full default: 0.53-0.56). The recipe before, on the scenes
