@@ -242,6 +242,7 @@ def test_the_engine_command_takes_data_folder_for_the_photo_group(tmp_path):
     ("annotator.accept_iou=1.5", r"annotator.accept_iou=1.5: expected a number in \[0, 1\]"),
     ("logger.wandb=maybe", "logger.wandb='maybe': expected true or false"),
     ("stage2.review=0.9", "stage2.review=0.9: expected true or false"),
+    ("retrain_lr_drop=1.5", r"retrain_lr_drop=1.5: expected a number in \[0, 1\]"),
 ])
 def test_a_wrong_value_is_refused_by_key_before_the_run_records_its_config(tmp_path, override, message):
     with pytest.raises(ValueError, match=message):
@@ -389,6 +390,20 @@ def test_the_demo_keeps_stage_ones_loss_weights_and_uses_sams_filters(tmp_path):
     for amg in (demo.stage2.prefill, demo.stage3.amg):
         assert (amg.pred_iou_thresh, amg.stability_score_thresh) == (0.88, 0.95)  # SAM's
     assert demo.stage2.review is True
+
+
+def test_every_retraining_ends_at_a_tenth_of_its_learning_rate(tmp_path):
+    """The retrainings fine-tune an export at ``retrain_lr``; ending one at that full rate left the model where its
+    last steps moved it (the demo's stage rows went up and down by an interval), so each drops it as the seed does."""
+    with initialize_config_dir(config_dir=CONF, version_base=None):
+        cfg = compose(config_name="engine", overrides=[f"run_dir={tmp_path / 'run'}"])
+        engine = DataEngine(cfg, Steps(tmp_path / "run"))
+        train = engine.train_config(tmp_path / "run" / "x", 1, None, 30, 0, engine.retrain_milestones(30))
+        cfg.retrain_lr_drop = 1.0
+        never = engine.retrain_milestones(30)
+    assert cfg.retrain_lr == 3e-4 and train.optim.lr == cfg.retrain_lr
+    assert list(train.optim.milestones) == [24] and train.optim.gamma == 0.1  # the last 6 of 30 steps at 3e-5
+    assert never == [30]
 
 
 def test_full_profile_has_sams_round_counts_and_sets_of_its_own(monkeypatch):

@@ -224,7 +224,8 @@ class DataEngine:
         collected = round_statistics(shard, {s.key: s.record["annotations"] for s in samples if s.record})
         name = f"stage{stage}/round{round_}"
         self.log_masks(name, shard)
-        metrics = self.train(directory / "train", stage, export, options.train_steps, 0, [options.train_steps])
+        metrics = self.train(directory / "train", stage, export, options.train_steps, 0,
+                             self.retrain_milestones(options.train_steps))
         self.dashboard.log_outputs(name, directory / "train" / "export", shard, self.training_before(name),
                                    self.masks_trained_on(name, stage))
         return {"stage": stage, "round": round_, **collected, **metrics}
@@ -247,7 +248,7 @@ class DataEngine:
             return {"stage": 3, "round": 0, **collected}
         self.log_masks("stage3", shards)
         steps = self.cfg.stage3.train_steps
-        metrics = self.train(directory / "train", 3, export, steps, 0, [steps])
+        metrics = self.train(directory / "train", 3, export, steps, 0, self.retrain_milestones(steps))
         self.dashboard.log_outputs("stage3", directory / "train" / "export", shards, self.training_before("stage3"),
                                    ["stage3"])
         return {"stage": 3, "round": 0, **collected, **metrics}
@@ -340,6 +341,11 @@ class DataEngine:
         masks = decode_masks([a["segmentation"] for a in annotations], image.shape[:2])
         save_png(overlay_masks(image, masks), self.run_dir / name / "overlay.png")
         self.dashboard.log_masks(name, image, masks, [a.get("source", "manual") for a in annotations])
+
+    def retrain_milestones(self, steps: int) -> list[int]:
+        """Where a retraining of ``steps`` drops its learning rate (``retrain_lr_drop``, a fraction of it): every
+        training then ends at a tenth of its rate, as the seed's does, not at the full rate that moved it last."""
+        return [min(steps, round(steps * self.cfg.retrain_lr_drop))]
 
     def train_config(self, run_dir: Path, stage: int, init: Path | str | None, steps: int,
                      prompt_warmup_steps: int, milestones) -> DictConfig:

@@ -43,8 +43,8 @@ def check_engine_config(cfg: DictConfig) -> None:
         cfg,
         integers={"seed": 0, "seed_training.max_steps": 1, "seed_training.prompt_warmup_steps": 0, **rounds,
                   "stage3.train_steps": 1, "annotator.max_clicks": 1, "annotator.patience": 1},
-        numbers={"retrain_lr": (1e-12, 10.0), "annotator.accept_iou": (0.0, 1.0), "stage2.cover_iou": (0.0, 1.0),
-                 "annotator.move_on_seconds": (0.0, 1e9)},
+        numbers={"retrain_lr": (1e-12, 10.0), "retrain_lr_drop": (0.0, 1.0), "annotator.accept_iou": (0.0, 1.0),
+                 "stage2.cover_iou": (0.0, 1.0), "annotator.move_on_seconds": (0.0, 1e9)},
         booleans=("logger.wandb", "stage2.review"),
     )
     if cfg.annotator.kind == "web":
