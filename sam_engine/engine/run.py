@@ -345,7 +345,7 @@ class DataEngine:
     def retrain_milestones(self, steps: int) -> list[int]:
         """Where a retraining of ``steps`` drops its learning rate (``retrain_lr_drop``, a fraction of it): every
         training then ends at a tenth of its rate, as the seed's does, not at the full rate that moved it last."""
-        return [min(steps, round(steps * self.cfg.retrain_lr_drop))]
+        return [round(steps * self.cfg.retrain_lr_drop)]
 
     def train_config(self, run_dir: Path, stage: int, init: Path | str | None, steps: int,
                      prompt_warmup_steps: int, milestones) -> DictConfig:
