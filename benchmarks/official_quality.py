@@ -59,9 +59,9 @@ def embedded_scene_spec() -> SceneSpec:
 
 
 def iou(pred: torch.Tensor, gt: torch.Tensor) -> torch.Tensor:
-    """N x H x W bool each -> N IoUs."""
-    inter = (pred & gt).flatten(1).sum(1)
-    union = (pred | gt).flatten(1).sum(1)
+    """... x H x W bool each, broadcast (N x 3 x H x W against N x 1 x H x W) -> ... IoUs."""
+    inter = (pred & gt).flatten(-2).sum(-1)
+    union = (pred | gt).flatten(-2).sum(-1)
     return inter / union.clamp(min=1)
 
 
@@ -81,7 +81,7 @@ def score_image(predictor, image: np.ndarray, gt: torch.Tensor, max_clicks: int)
     points, labels = first.points[:, None].float(), first.labels[:, None]
     outputs, scores, _ = predictor.predict_torch(predictor.transform.apply_coords_torch(points, size), labels,
                                                  multimask_output=True)
-    per_output = iou(outputs.flatten(0, 1), gt.repeat_interleave(outputs.shape[1], dim=0)).view(len(gt), -1)
+    per_output = iou(outputs, gt[:, None])  # N x 3
     box_masks, _ = predict(None, None, boxes=mask_boxes(gt).float())
 
     per_click = []
