@@ -101,13 +101,14 @@ def test_progress_lines_say_where_a_run_is_and_when_it_ends():
 @pytest.mark.slow
 def test_stage_one_learns_from_scratch_on_cpu(tmp_path):
     """Stage 1's default config (fresh tiny model, synthetic data) on a shorter schedule: 310 one-pass steps,
-    then 10 with SAM's 11 passes; 16 validation images up to 10 clicks; ~3 min here. The full default (700
-    steps, the last 40 with 11 passes, 32 validation images up to 20 clicks) takes ~7 min on a 2-core CPU,
-    too long for the suite; ``python -m sam_engine.train stage=1`` runs it."""
+    then 10 with SAM's 11 passes, the learning rate divided by 10 for the last fifth as the default's; 16
+    validation images up to 10 clicks; ~2-3 min here. The full default (700 steps, the last 40 with 11
+    passes, 32 validation images up to 20 clicks) takes ~6 min on a 2-core CPU, too long for the suite;
+    ``python -m sam_engine.train stage=1`` runs it."""
     import os
 
     env = {**os.environ, "SAM_ENGINE_DATA": str(tmp_path / "data")}
-    schedule = ["stage.max_steps=320", "stage.prompt_warmup_steps=310", "stage.milestones=[315]",
+    schedule = ["stage.max_steps=320", "stage.prompt_warmup_steps=310", "stage.milestones=[256]",
                 "data.synthetic.1.num_images=16", "eval.max_clicks=10"]
     result = subprocess.run(
         [sys.executable, "-m", "sam_engine.train", "stage=1", f"engine_dir={tmp_path / 'engine'}", *schedule],
@@ -117,16 +118,15 @@ def test_stage_one_learns_from_scratch_on_cpu(tmp_path):
     metrics = json.loads((tmp_path / "engine" / "stage1" / "train" / "metrics.json").read_text())
     before, after = metrics["initial"], metrics["final"]
     assert metrics["steps"] == 320 and metrics["skipped_steps"] == 0
-    # From 0.02-0.05, seeds 0 / 1 / 2 reached on one 2-core VM 1-click 0.432 / 0.370 / 0.466, oracle 0.487 /
-    # 0.466 / 0.509, box 0.333 / 0.376 / 0.429, 5 clicks 0.474 / 0.140 / 0.527; on another CPU (AMX, ~1.5x as
-    # fast, where the same seed takes another path) 0.418 / 0.430 / 0.427, oracle 0.446 / 0.489 / 0.490, box
-    # 0.228 / 0.421 / 0.370, 5 clicks 0.421 / 0.203 / 0.513. The box is the last prompt to leave the
-    # empty-mask plateau at this length (the full default: 0.53-0.56). The recipe before, on the scenes
-    # before: 1-click 0.279, oracle 0.358, box 0.280 at seed 0 (docs/performance.md).
-    assert after["val/miou_1pt"] > max(0.3, 4 * before["val/miou_1pt"]), metrics
-    assert after["val/miou_1pt_oracle"] > max(0.35, 4 * before["val/miou_1pt_oracle"]), metrics
-    assert after["val/miou_box"] > max(0.15, 3 * before["val/miou_box"]), metrics
-    assert after["val/miou_5pt"] > 2 * before["val/miou_5pt"], metrics  # only 10 steps of 11 passes
+    # From 0.02-0.05, seeds 0 / 1 / 2 reached on a 2-core VM with AMX (2026-12-07): 1-click 0.447 / 0.474 / 0.446
+    # (+- 0.03-0.04), oracle 0.495 / 0.519 / 0.483, box 0.388 / 0.409 / 0.430, 5 clicks 0.402 / 0.408 / 0.421
+    # (docs/performance.md). With the drop in the last 2% instead (lr / 10 at step 315) the box of seed 0 stayed
+    # at 0.23 and the 5 clicks of seed 1 at 0.20. The bounds leave about twice the interval below the lowest
+    # seed, for another CPU where the same seed takes another path.
+    assert after["val/miou_1pt"] > max(0.35, 4 * before["val/miou_1pt"]), metrics
+    assert after["val/miou_1pt_oracle"] > max(0.4, 4 * before["val/miou_1pt_oracle"]), metrics
+    assert after["val/miou_box"] > max(0.3, 3 * before["val/miou_box"]), metrics
+    assert after["val/miou_5pt"] > max(0.3, 3 * before["val/miou_5pt"]), metrics
     print(json.dumps(metrics))  # shown with -rP: the figures of this machine
 
 
