@@ -56,7 +56,7 @@ def train_command(run_dir: Path, steps: int, every: float, minutes: float, overr
 
 def measure_steps_per_minute(run_dir: Path, overrides: list[str], one_pass: bool, minutes: float) -> float:
     """Steps per minute on this machine of one-pass steps (the warm-up's) or of 11-pass ones (the schedule's
-    end, about five times as long), from a run of ``minutes`` without validation."""
+    end, about six times as long on a 2-core CPU), from a run of ``minutes`` without validation."""
     command = train_command(run_dir, 100_000, minutes / 4, minutes, overrides, 1.0 if one_pass else 0.0)
     subprocess.run(command, check=True, capture_output=True)
     infos = [json.loads(p.read_text()) for p in (run_dir / "snapshots").glob(f"*/{SNAPSHOT_INFO}")]
